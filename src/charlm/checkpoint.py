@@ -1,0 +1,117 @@
+"""Reading and writing checkpoints safely.
+
+- :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin) writes each checkpoint to a
+  temporary file in the same folder, flushes it to disk (``fsync``) and renames it over the
+  target, so a process killed mid-write leaves the previous ``last.ckpt`` intact and loadable.
+- :func:`load_checkpoint` reads a checkpoint with ``torch.load(weights_only=True)``: a crafted
+  file whose pickle would run code is refused, and a truncated or foreign file is a clear
+  :class:`~charlm.errors.CharLMError` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from charlm.errors import CharLMError
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically: temporary file, ``fsync``, ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)  # serialise fully before touching the disk
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO whose writes are atomic (see :func:`atomic_torch_save`)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a charlm checkpoint safely (``weights_only=True``), onto ``map_location`` (CPU by
+    default, so a checkpoint saved on a GPU loads on a CPU-only machine).
+
+    Raises:
+        CharLMError: if the file is missing, truncated, not a checkpoint, carries code in its
+            pickle (refused, never executed), or is not a charlm checkpoint.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidate = _find_last(path)
+        if candidate is None:
+            raise CharLMError(f"{path} is a folder without a checkpoint (looked for last.ckpt under it); give a .ckpt file.")
+        path = candidate
+    if not path.is_file():
+        raise CharLMError(f"checkpoint {path} does not exist; give the path of a .ckpt file (e.g. <run dir>/checkpoints/last.ckpt).")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CharLMError(
+            f"refused to load {path}: it is not a plain checkpoint (its pickle asks for code or objects "
+            f"that a weights-only load does not allow: {str(e).splitlines()[0][:200]}). Only load checkpoints you trust."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CharLMError(f"{path} is not a readable checkpoint (truncated or not a checkpoint file: {str(e)[:200]}).") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CharLMError(f"{path} is not a Lightning checkpoint (no state_dict).")
+    if "charlm" not in ckpt:
+        raise CharLMError(f"{path} is not a charlm checkpoint (no 'charlm' entry with the vocabulary and model config).")
+    return ckpt
+
+
+def _find_last(folder: Path) -> Path | None:
+    for candidate in (folder / "last.ckpt", folder / "checkpoints" / "last.ckpt"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]):
+    """Rebuild the :class:`~charlm.model.rnn.CharRNN` and :class:`~charlm.data.vocab.Vocab` of a
+    checkpoint loaded by :func:`load_checkpoint`. Returns ``(net, vocab)`` with ``net`` in eval mode."""
+    from charlm.data.vocab import Vocab
+    from charlm.model.rnn import CharRNN
+
+    entry = ckpt["charlm"]
+    net = CharRNN(**entry["model"])
+    prefix = "net."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    net.load_state_dict(state)
+    net.eval()
+    return net, Vocab(entry["vocab"])

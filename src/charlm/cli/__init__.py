@@ -1,0 +1,1 @@
+"""Command-line apps (Hydra): ``charlm-train``, ``charlm-sample``, ``charlm-eval``."""

@@ -1,0 +1,88 @@
+"""``charlm-eval``: loss (nats/char), bits per character and perplexity of a checkpoint.
+
+    charlm-eval ckpt=<run dir>/checkpoints/last.ckpt split=val     # the training corpus's split
+    charlm-eval ckpt=<...>.ckpt file=some.txt                       # any text file
+
+The text is read with the checkpoint's encoding and newline handling, and scored with the
+checkpoint's vocabulary (unknown characters are an error that lists them), with state carried
+across the whole text. Results are printed and written to ``metrics.json`` in the output dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from charlm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.cli.common import clean_errors, utf8_stdout
+from charlm.cli.sample import pick_device
+from charlm.config import config_dir
+from charlm.data.corpus import prepare_corpus
+from charlm.data.streams import split_bounds
+from charlm.errors import CharLMError
+from charlm.evaluation.evaluate import evaluate, remap_ids
+
+log = logging.getLogger("charlm.eval")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.ckpt`` on ``cfg.file`` or on split ``cfg.split`` of its training corpus."""
+    if not cfg.get("ckpt"):
+        raise CharLMError("no checkpoint given: charlm-eval ckpt=<run dir>/checkpoints/last.ckpt split=val")
+    ckpt = load_checkpoint(cfg.ckpt, map_location="cpu")
+    net, vocab = model_from_checkpoint(ckpt)
+    net.to(pick_device(str(cfg.device)))
+    data = ckpt["charlm"].get("data") or {}
+    encoding = cfg.get("encoding") or data.get("encoding", "utf-8")
+    newline = data.get("newline", "normalize")
+    cache_dir = cfg.paths.get("cache_dir")
+    if cfg.get("file"):
+        corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir)
+        ids, what = corpus.ids, str(corpus.source)
+    else:
+        split = str(cfg.split)
+        if split not in ("train", "val", "test"):
+            raise CharLMError(f"split={split!r} must be train, val or test (or give file=<text file>)")
+        source = data.get("source")
+        if not source or not Path(source).is_file():
+            raise CharLMError(
+                f"the checkpoint's training corpus {source!r} is not available here; evaluate a file instead: "
+                "charlm-eval ckpt=... file=<text file>"
+            )
+        corpus = prepare_corpus(source, encoding, newline, cache_dir)
+        if data.get("sha256") and corpus.sha256 != data["sha256"]:
+            log.warning("%s changed since training (sha256 differs): its splits may not be the ones trained on", source)
+        b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[("train", "val", "test").index(split)]
+        if e - b < 2:
+            raise CharLMError(f"the {split} split of {source} is empty (data.splits={data.get('splits')}); choose another split")
+        ids, what = corpus.ids[b:e], f"{source} [{split}]"
+    result = evaluate(net, ids, batch_size=int(cfg.batch_size), seq_len=int(cfg.seq_len), remap=remap_ids(corpus, vocab))
+    result["text"] = what
+    print(
+        f"{what}: loss {result['loss']:.4f} nats/char | bpc {result['bpc']:.4f} | "
+        f"perplexity {result['ppl']:.4f} | {result['chars']:,} characters"
+    )
+    if cfg.paths.get("output_dir"):
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+@clean_errors
+def hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    utf8_stdout()
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

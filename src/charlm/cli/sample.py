@@ -1,0 +1,90 @@
+"""``charlm-sample``: generate text from a checkpoint.
+
+    charlm-sample ckpt=outputs/train/runs/<run>/checkpoints/last.ckpt prime="ROMEO:" length=500 \
+        temperature=0.8 top_k=null num_samples=3 seed=1
+
+``length`` counts new characters; ``temperature=0`` is greedy. Output is UTF-8 on stdout (one
+sample after another, separated by a blank line when ``num_samples > 1``) and is also saved to
+``samples.txt`` in the app's output dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from charlm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.cli.common import clean_errors, utf8_stdout
+from charlm.config import config_dir
+from charlm.errors import CharLMError
+from charlm.sampling.sampler import sample
+
+log = logging.getLogger("charlm.sample")
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device.
+
+    Raises:
+        CharLMError: if CUDA is asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CharLMError(f"device={name} but CUDA is not available on this machine; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def run(cfg: DictConfig) -> list[str]:
+    """Sample from ``cfg.ckpt`` as configured; returns the samples."""
+    if not cfg.get("ckpt"):
+        raise CharLMError("no checkpoint given: charlm-sample ckpt=<run dir>/checkpoints/last.ckpt")
+    device = pick_device(str(cfg.device))
+    net, vocab = model_from_checkpoint(load_checkpoint(cfg.ckpt, map_location="cpu"))
+    net.to(device)
+    prime = cfg.prime
+    if prime is not None:
+        prime = str(prime).encode("utf-8").decode("unicode_escape") if cfg.get("escapes") else str(prime)
+    texts = sample(
+        net,
+        vocab,
+        prime=prime,
+        length=int(cfg.length),
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        num_samples=int(cfg.num_samples),
+        seed=cfg.seed,
+        drop_unknown=bool(cfg.drop_unknown),
+    )
+    out = sys.stdout
+    for i, text in enumerate(texts):
+        if i:
+            out.write("\n\n")
+        out.write(text)
+    out.write("\n")
+    out.flush()
+    if cfg.paths.get("output_dir"):
+        path = Path(cfg.paths.output_dir) / "samples.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+    return texts
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="sample")
+@clean_errors
+def hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    utf8_stdout()
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""``charlm-train``: train a character-level RNN (Hydra app; every option is ``key=value``).
+
+Reads top to bottom: compose config -> seed -> data -> model -> callbacks/loggers -> Trainer ->
+fit -> validate -> summary. ``python -m charlm.cli.train --help`` lists the config groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from charlm.checkpoint import AtomicCheckpointIO
+from charlm.cli.common import clean_errors, utf8_stdout
+from charlm.config import config_dir
+from charlm.data.datamodule import CharDataModule
+from charlm.model.module import CharLM
+
+log = logging.getLogger("charlm.train")
+
+
+def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
+    """Instantiate the DataModule, the LightningModule and the Trainer from a composed config."""
+    dm: CharDataModule = instantiate(cfg.data)
+    dm.prepare()  # vocabulary first: the model's output size depends on it
+    module = CharLM(
+        vocab=dm.vocab.chars,
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        data=dm.config(),
+        nonfinite=cfg.get("nonfinite", "stop"),
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+    return dm, module, trainer
+
+
+def log_config(trainer: L.Trainer, cfg: DictConfig, module: CharLM) -> None:
+    """Send the resolved config (plus parameter count) to every logger."""
+    params: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    params["num_parameters"] = module.net.num_parameters()
+    params["vocab_size"] = len(module.vocab)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(params)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one training from a composed config; returns the final metrics (``val/loss``,
+    ``val/bpc``, ``val/ppl`` when a val split exists, ``best/val_bpc``)."""
+    L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dm, module, trainer = build(cfg)
+    log.info(
+        "model: %s %dx%d, %s parameters; data: batch %d x seq %d",
+        module.net.cell, module.net.num_layers, module.net.hidden_size,
+        f"{module.net.num_parameters():,}", dm.batch_size, dm.seq_len,
+    )
+    log_config(trainer, cfg, module)
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    wall = time.time() - t0
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    best = _best_val(trainer)
+    if best is not None:
+        metrics["best/val_loss"] = best
+        metrics["best/val_bpc"] = best / math.log(2)
+    if trainer.is_global_zero:
+        summarize(cfg, trainer, module, metrics, wall)
+    return metrics
+
+
+def _best_val(trainer: L.Trainer) -> float | None:
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "monitor", None) == "val/loss" and cb.best_model_score is not None:
+            return float(cb.best_model_score)
+    return None
+
+
+def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict[str, float], wall: float) -> None:
+    """Print the final metrics, a short sample and where everything went."""
+    from rich.console import Console
+
+    from charlm.data.vocab import Vocab
+    from charlm.sampling.sampler import sample
+
+    console = Console(highlight=False, soft_wrap=True)
+    out = Path(cfg.paths.output_dir)
+    console.rule("[bold]charlm: training finished")
+    console.print(f"steps: {trainer.global_step:,} in {wall / 60:.1f} min")
+    if "val/loss" in metrics:
+        console.print(
+            f"final val loss: [bold]{metrics['val/loss']:.4f}[/] nats/char, "
+            f"bpc {metrics['val/bpc']:.4f}, perplexity {metrics['val/ppl']:.3f}"
+        )
+    if "best/val_loss" in metrics:
+        console.print(f"best val loss: {metrics['best/val_loss']:.4f} nats/char ({metrics['best/val_bpc']:.4f} bpc)")
+    text = sample(module.net, Vocab(module.vocab), None, 300, temperature=0.8, seed=cfg.seed)[0]
+    console.rule("sample (temperature 0.8)")
+    console.print(text, markup=False)
+    console.rule()
+    console.print(f"run dir:     {out}")
+    console.print(f"checkpoints: {out / 'checkpoints'} (last.ckpt, best by val/loss)")
+    if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+        console.print(f"W&B files:   {out / 'wandb'} (offline; upload with `wandb sync {out / 'wandb'}/offline-run-*`)")
+    console.print(f"sample it:   charlm-sample ckpt={out / 'checkpoints' / 'last.ckpt'}")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@clean_errors
+def hydra_main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the best ``val/bpc`` (the value a sweeper optimises)."""
+    metrics = train(cfg)
+    _finish_wandb()
+    return metrics.get("best/val_bpc", metrics.get("val/bpc"))
+
+
+def _finish_wandb() -> None:
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    except Exception:  # pragma: no cover - W&B absent or already closed
+        pass
+
+
+def main() -> None:
+    utf8_stdout()
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Where the Hydra configs live, and the OmegaConf resolvers they use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+_PKG = Path(__file__).resolve().parent
+
+
+def config_dir() -> str:
+    """Absolute path of the ``conf/`` folder: the repository's (editable install) or the copy
+    packaged inside ``charlm/conf`` (wheel install)."""
+    for candidate in (_PKG.parent.parent / "conf", _PKG / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"charlm's conf/ folder was not found next to {_PKG}")
+
+
+def _wandb_offline() -> bool:
+    """W&B is offline unless ``WANDB_MODE=online`` (or ``logger.wandb.offline=false``)."""
+    return os.environ.get("WANDB_MODE", "offline").lower() != "online"
+
+
+def register_resolvers() -> None:
+    """Register ``${charlm.wandb_offline:}`` (idempotent)."""
+    if not OmegaConf.has_resolver("charlm.wandb_offline"):
+        OmegaConf.register_new_resolver("charlm.wandb_offline", _wandb_offline)
+
+
+register_resolvers()

@@ -1,0 +1,386 @@
+"""Corpus preparation: locate or download a text file, decode it, and cache its ids.
+
+Preparation streams the file in chunks and is vectorised with numpy (no Python loop per
+character), so a corpus of gigabytes prepares in bounded memory (a few chunks, never a copy of
+the whole text):
+
+1. hash pass: the sha256 of the raw bytes keys the cache (an edited file gets a new key);
+2. count pass: decode (strict), drop a byte-order mark, normalise line endings, and count every
+   code point with ``np.bincount``; the vocabulary is the sorted set of code points seen;
+3. id pass: decode again and map code points to ids with one lookup-table gather per chunk,
+   writing into a memory-mapped ``ids.npy`` of the smallest unsigned dtype that fits.
+
+The cache entry (``ids.npy``, ``vocab.json``, ``meta.json``) is written to a temporary folder
+and renamed into place, so a killed preparation never leaves a half-written cache. A small
+index keyed by (path, size, mtime) lets an unchanged file skip even the hash pass, so a
+second run starts at once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from charlm.data.vocab import Vocab
+from charlm.errors import CharLMError
+
+log = logging.getLogger(__name__)
+
+#: Bump when the cache layout or the preparation semantics change (old entries are ignored).
+CACHE_VERSION = 1
+#: Bytes read per chunk: bounds memory (a chunk is held as bytes, str and uint32 at once).
+CHUNK_BYTES = 8 << 20
+NEWLINE_MODES = ("normalize", "keep")
+
+
+@dataclass
+class PreparedCorpus:
+    """A corpus turned into ids.
+
+    Attributes:
+        ids: ``[N]`` ids of the whole corpus, a read-only memory map (uint8/16/32).
+        vocab: the sorted character vocabulary.
+        source: the corpus file.
+        sha256: hex digest of the file's raw bytes.
+        encoding: the codec used to decode it.
+        newline: ``"normalize"`` (``\\r\\n`` and lone ``\\r`` became ``\\n``) or ``"keep"``.
+        newline_replacements: how many line endings were rewritten.
+        bom_removed: whether a leading byte-order mark was dropped.
+        cache_dir: the folder holding ``ids.npy``, ``vocab.json`` and ``meta.json``.
+    """
+
+    ids: np.ndarray
+    vocab: Vocab
+    source: Path
+    sha256: str
+    encoding: str
+    newline: str
+    newline_replacements: int
+    bom_removed: bool
+    cache_dir: Path
+
+    @property
+    def num_chars(self) -> int:
+        """Number of characters (ids) in the corpus, after newline normalisation."""
+        return int(self.ids.shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Locating and downloading
+# --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 30.0) -> Path:
+    """Download ``url`` to ``dest`` atomically (temporary file, then rename), checking its sha256.
+
+    Raises:
+        CharLMError: if the download fails or the checksum differs; ``dest`` is then untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            while chunk := resp.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+        if sha256 and h.hexdigest() != sha256:
+            raise CharLMError(
+                f"downloaded {url} but its sha256 is {h.hexdigest()}, expected {sha256}: "
+                "the file is corrupt or has changed upstream."
+            )
+        os.replace(tmp, dest)
+    except CharLMError:
+        raise
+    except Exception as e:  # network errors of every kind: URLError, timeout, HTTPError, OSError
+        raise CharLMError(f"could not download {url}: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def resolve_corpus_path(
+    name: str,
+    filename: str,
+    data_dir: str | os.PathLike,
+    url: str | None = None,
+    sha256: str | None = None,
+) -> Path:
+    """Path of the named corpus ``<data_dir>/<name>/<filename>``, downloading it if missing.
+
+    Args:
+        name: corpus name, e.g. ``"tinyshakespeare"``.
+        filename: file name inside the corpus folder, e.g. ``"input.txt"``.
+        data_dir: the data root (``paths.data_dir``; ``$CHARLM_DATA_DIR`` when set).
+        url: public address to download from when the file is missing.
+        sha256: expected checksum of the download.
+
+    Raises:
+        CharLMError: if the file is missing and cannot be downloaded; the message says exactly
+            where to put the file.
+    """
+    path = Path(data_dir).expanduser() / name / filename
+    if path.is_file():
+        return path
+    if not url:
+        raise CharLMError(f"corpus {name!r} not found at {path} and it has no download address; put the file there.")
+    log.info("corpus %r not found at %s; downloading %s", name, path, url)
+    try:
+        return download(url, path, sha256)
+    except CharLMError as e:
+        raise CharLMError(
+            f"corpus {name!r} is not at {path} and downloading it failed ({e}). "
+            f"Offline? Copy the file to {path} (or point paths.data_dir / $CHARLM_DATA_DIR at a "
+            f"folder holding {name}/{filename})."
+        ) from e
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def _check_options(encoding: str, newline: str) -> str:
+    try:
+        codec = codecs.lookup(encoding)
+    except LookupError:
+        raise CharLMError(
+            f"unknown text encoding data.encoding={encoding!r}; use a Python codec name such as "
+            "'utf-8', 'latin-1', 'cp1252' or 'gbk'."
+        ) from None
+    if newline not in NEWLINE_MODES:
+        raise CharLMError(f"data.newline={newline!r} is not one of {NEWLINE_MODES}")
+    return codec.name
+
+
+def iter_decoded(path: Path, encoding: str, newline: str, stats: dict, chunk_bytes: int = CHUNK_BYTES):
+    """Yield the decoded, BOM-stripped, newline-normalised text of ``path`` in chunks (str).
+
+    Fills ``stats`` with ``newline_replacements`` and ``bom_removed``.
+
+    Raises:
+        CharLMError: on an undecodable byte, giving its byte offset and the option to change.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    stats["newline_replacements"] = 0
+    stats["bom_removed"] = False
+    offset = 0  # bytes fed to the decoder so far
+    first = True
+    carry = ""  # a trailing "\r" held back in case the next chunk starts with "\n"
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(chunk_bytes)
+            final = not raw
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(raw, final=final)
+            except UnicodeDecodeError as e:
+                pos = offset - pending + e.start
+                raise CharLMError(
+                    f"{path} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at byte offset "
+                    f"{pos} cannot be decoded ({e.reason}). Set data.encoding to the file's encoding "
+                    "(for example data.encoding=latin-1 or data.encoding=gbk), or fix the file."
+                ) from None
+            offset += len(raw)
+            if first and text:
+                first = False
+                if text[0] == "\ufeff":
+                    text = text[1:]
+                    stats["bom_removed"] = True
+            if newline == "normalize":
+                text = carry + text
+                carry = ""
+                if text.endswith("\r") and not final:
+                    text, carry = text[:-1], "\r"
+                if "\r" in text:
+                    crlf = text.count("\r\n")
+                    text = text.replace("\r\n", "\n")
+                    cr = text.count("\r")
+                    text = text.replace("\r", "\n")
+                    stats["newline_replacements"] += crlf + cr
+            if text:
+                yield text
+            if final:
+                return
+
+
+def _codepoints(text: str) -> np.ndarray:
+    """``[n]`` uint32 code points of ``text`` (a view of its UTF-32 encoding)."""
+    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing and caching
+# --------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$CHARLM_CACHE_DIR`` or ``data/cache`` under the current directory."""
+    return Path(os.environ.get("CHARLM_CACHE_DIR") or "data/cache")
+
+
+def _index_path(cache_root: Path, path: Path, encoding: str, newline: str) -> Path:
+    key = hashlib.sha256(f"{path.resolve()}|{encoding}|{newline}|{CACHE_VERSION}".encode()).hexdigest()[:24]
+    return cache_root / "index" / f"{key}.json"
+
+
+def _entry_dir(cache_root: Path, sha256: str, encoding: str, newline: str) -> Path:
+    return cache_root / f"{sha256[:32]}-{encoding}-{newline}-v{CACHE_VERSION}"
+
+
+def _load_entry(entry: Path, source: Path) -> PreparedCorpus | None:
+    try:
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        chars = json.loads((entry / "vocab.json").read_text(encoding="utf-8"))
+        ids = np.load(entry / "ids.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if meta.get("version") != CACHE_VERSION or ids.shape[0] != meta["num_chars"]:
+        return None
+    return PreparedCorpus(
+        ids=ids,
+        vocab=Vocab(chars),
+        source=source,
+        sha256=meta["sha256"],
+        encoding=meta["encoding"],
+        newline=meta["newline"],
+        newline_replacements=meta["newline_replacements"],
+        bom_removed=meta["bom_removed"],
+        cache_dir=entry,
+    )
+
+
+def prepare_corpus(
+    path: str | os.PathLike,
+    encoding: str = "utf-8",
+    newline: str = "normalize",
+    cache_dir: str | os.PathLike | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> PreparedCorpus:
+    """Decode a text file into ids, served from (or written to) the cache.
+
+    Args:
+        path: the corpus file.
+        encoding: Python codec name; decoding is strict.
+        newline: ``"normalize"`` turns ``\\r\\n`` and lone ``\\r`` into ``\\n``; ``"keep"`` leaves them.
+        cache_dir: cache root (default :func:`default_cache_dir`).
+        chunk_bytes: bytes per chunk; bounds peak memory.
+
+    Returns:
+        the :class:`PreparedCorpus`; its ``ids`` is a read-only memory map.
+
+    Raises:
+        CharLMError: if the file is missing or empty, is not valid in ``encoding`` (with the byte
+            offset), or an option is invalid.
+    """
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise CharLMError(f"corpus file {source} does not exist; set data.path to a text file.")
+    encoding = _check_options(encoding, newline)
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    st = source.stat()
+    if st.st_size == 0:
+        raise CharLMError(f"input is empty: {source} has 0 bytes; give a text file with some characters.")
+
+    # Fast path: the file is unchanged since it was last prepared (same size and mtime).
+    index = _index_path(cache_root, source, encoding, newline)
+    try:
+        known = json.loads(index.read_text(encoding="utf-8"))
+        if known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
+            hit = _load_entry(_entry_dir(cache_root, known["sha256"], encoding, newline), source)
+            if hit is not None:
+                return hit
+    except (OSError, ValueError, KeyError):
+        pass
+
+    sha = file_sha256(source, chunk_bytes)
+    entry = _entry_dir(cache_root, sha, encoding, newline)
+    prepared = _load_entry(entry, source)
+    if prepared is None:
+        _build_entry(source, encoding, newline, sha, entry, chunk_bytes)
+        prepared = _load_entry(entry, source)
+        assert prepared is not None
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}))
+        os.replace(tmp, index)
+    except OSError as e:  # a read-only cache still works, only slower to start
+        log.warning("could not write cache index %s: %s", index, e)
+    return prepared
+
+
+def _build_entry(source: Path, encoding: str, newline: str, sha: str, entry: Path, chunk_bytes: int) -> None:
+    """Count pass + id pass; writes the cache entry atomically (temporary folder, then rename)."""
+    stats: dict = {}
+    counts = np.zeros(0, dtype=np.int64)
+    for text in iter_decoded(source, encoding, newline, stats, chunk_bytes):
+        c = np.bincount(_codepoints(text))
+        if c.shape[0] > counts.shape[0]:
+            c[: counts.shape[0]] += counts
+            counts = c
+        else:
+            counts[: c.shape[0]] += c
+    total = int(counts.sum())
+    if total == 0:
+        raise CharLMError(
+            f"input is empty: {source} has no characters after decoding"
+            f"{' (only a byte-order mark)' if stats['bom_removed'] else ''}; give a text file with some text."
+        )
+    vocab = Vocab.from_codepoints(np.flatnonzero(counts))
+    lut = vocab.lookup_table()
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+    try:
+        ids = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=vocab.dtype, shape=(total,))
+        pos = 0
+        for text in iter_decoded(source, encoding, newline, {}, chunk_bytes):
+            cps = _codepoints(text)
+            ids[pos : pos + cps.shape[0]] = lut[cps]
+            pos += cps.shape[0]
+        assert pos == total, (pos, total)
+        ids.flush()
+        del ids
+        (tmp / "vocab.json").write_text(json.dumps(vocab.chars, ensure_ascii=True), encoding="utf-8")
+        meta = {
+            "version": CACHE_VERSION,
+            "source": str(source),
+            "sha256": sha,
+            "encoding": encoding,
+            "newline": newline,
+            "num_chars": total,
+            "vocab_size": len(vocab),
+            "newline_replacements": stats["newline_replacements"],
+            "bom_removed": stats["bom_removed"],
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process finished the same entry first: keep theirs
+            if not (entry / "meta.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,187 @@
+"""The LightningDataModule: a corpus file -> train/val/test BPTT loaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from charlm.data.corpus import PreparedCorpus, prepare_corpus, resolve_corpus_path
+from charlm.data.streams import BPTTLoader, split_bounds
+from charlm.data.vocab import Vocab
+from charlm.errors import CharLMError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class CharDataModule(L.LightningDataModule):
+    """Character corpus as contiguous BPTT windows (see :mod:`charlm.data.streams`).
+
+    Args:
+        path: a text file to train on; when set it wins over ``name``.
+        name: a named corpus, looked up at ``<data_dir>/<name>/<filename>`` and downloaded from
+            ``url`` (checked against ``sha256``) when missing.
+        filename: the named corpus's file name.
+        url: public address of the named corpus.
+        sha256: checksum of the named corpus's file.
+        data_dir: the data root (``paths.data_dir``, ``$CHARLM_DATA_DIR`` when set).
+        cache_dir: where prepared ids are cached (``paths.cache_dir``).
+        encoding: codec used to decode the file (strict); stored with the model.
+        newline: ``"normalize"`` (``\\r\\n``/``\\r`` -> ``\\n``) or ``"keep"``.
+        splits: contiguous ``(train, val, test)`` fractions summing to 1.
+        batch_size: streams per device ``B``; the global batch is ``devices * B`` streams.
+        seq_len: BPTT window length ``T``.
+        eval_batch_size: streams per device for validation and test (default ``batch_size``).
+
+    Batches are ``(x, y)``, both int64 ``[B, T]``; ``y`` is ``x`` shifted by one character.
+
+    Raises:
+        CharLMError: missing or undecodable corpus, bad split fractions, or a split too small
+            for one batch (the message gives the numbers and the options to change).
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        name: str | None = None,
+        filename: str = "input.txt",
+        url: str | None = None,
+        sha256: str | None = None,
+        data_dir: str = "data",
+        cache_dir: str | None = None,
+        encoding: str = "utf-8",
+        newline: str = "normalize",
+        splits: Sequence[float] = (0.9, 0.05, 0.05),
+        batch_size: int = 64,
+        seq_len: int = 128,
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__()
+        if not path and not name:
+            raise CharLMError("no corpus given: set data.path=<text file> or choose a named corpus (data=tinyshakespeare)")
+        self.path = path
+        self.name = name
+        self.filename = filename
+        self.url = url
+        self.sha256 = sha256
+        self.data_dir = data_dir
+        self.cache_dir = cache_dir
+        self.encoding = encoding
+        self.newline = newline
+        self.splits = tuple(float(f) for f in splits)
+        self.batch_size = int(batch_size)
+        self.seq_len = int(seq_len)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.corpus: PreparedCorpus | None = None
+        self.bounds: list[tuple[int, int]] | None = None
+        self._loaders: dict[str, BPTTLoader] = {}
+
+    # ---------------------------------------------------------------- corpus
+    def corpus_path(self, download: bool = True) -> Path:
+        """The corpus file, downloading a named corpus if it is missing and ``download``."""
+        if self.path:
+            p = Path(os.path.expanduser(str(self.path)))
+            if not p.is_file():
+                raise CharLMError(f"data.path={self.path} is not a file; give the path of a text file.")
+            return p
+        if not download:
+            return Path(self.data_dir).expanduser() / str(self.name) / self.filename
+        return resolve_corpus_path(str(self.name), self.filename, self.data_dir, self.url, self.sha256)
+
+    def prepare(self) -> PreparedCorpus:
+        """Locate, decode and cache the corpus (idempotent; a cache hit after the first call)."""
+        if self.corpus is None:
+            self.corpus = prepare_corpus(self.corpus_path(), self.encoding, self.newline, self.cache_dir)
+            c = self.corpus
+            self.bounds = split_bounds(c.num_chars, self.splits)
+            sizes = ", ".join(f"{s} {e - b:,}" for s, (b, e) in zip(SPLITS, self.bounds))
+            extra = []
+            if c.bom_removed:
+                extra.append("byte-order mark dropped")
+            if c.newline_replacements:
+                extra.append(f"{c.newline_replacements:,} line endings normalised to \\n")
+            log.info(
+                "corpus %s: %s characters, vocab %d (%s); splits: %s%s",
+                c.source, f"{c.num_chars:,}", len(c.vocab), c.ids.dtype, sizes,
+                f"; {'; '.join(extra)}" if extra else "",
+            )
+        return self.corpus
+
+    @property
+    def vocab(self) -> Vocab:
+        """The corpus vocabulary (prepares the corpus on first use)."""
+        return self.prepare().vocab
+
+    def split_ids(self, split: str):
+        """``[N_split]`` ids of one split (a memory-map slice)."""
+        corpus = self.prepare()
+        assert self.bounds is not None
+        b, e = self.bounds[SPLITS.index(split)]
+        return corpus.ids[b:e]
+
+    def config(self) -> dict[str, Any]:
+        """Plain-typed description of the data, stored in checkpoints (for eval and resume)."""
+        corpus = self.prepare()
+        return {
+            "path": str(self.path) if self.path else None,
+            "name": self.name,
+            "filename": self.filename,
+            "source": str(corpus.source),
+            "sha256": corpus.sha256,
+            "encoding": corpus.encoding,
+            "newline": self.newline,
+            "splits": list(self.splits),
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "num_chars": corpus.num_chars,
+        }
+
+    # ---------------------------------------------------------------- Lightning hooks
+    def prepare_data(self) -> None:
+        # Runs on one process per node before setup(): downloads and builds the cache once.
+        self.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def loader(self, split: str) -> BPTTLoader:
+        """The (cached) loader of one split for this process's rank."""
+        if split not in self._loaders:
+            rank, world = self._rank()
+            train = split == "train"
+            self._loaders[split] = BPTTLoader(
+                self.split_ids(split),
+                self.batch_size if train else self.eval_batch_size,
+                self.seq_len,
+                rank=rank,
+                world_size=world,
+                cover_all=not train,
+                name=split,
+            )
+        return self._loaders[split]
+
+    def _enabled(self, split: str) -> bool:
+        return self.splits[SPLITS.index(split)] > 0
+
+    def train_dataloader(self) -> BPTTLoader:
+        return self.loader("train")
+
+    def val_dataloader(self):
+        return self.loader("val") if self._enabled("val") else []
+
+    def test_dataloader(self):
+        if not self._enabled("test"):
+            raise CharLMError("the test split is disabled (data.splits has test fraction 0); evaluate split=val instead")
+        return self.loader("test")

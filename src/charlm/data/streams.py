@@ -1,0 +1,200 @@
+"""Contiguous BPTT streams: the layout of char-rnn and PyTorch's word_language_model example.
+
+A split of ``N`` ids is cut into ``G`` contiguous streams of length ``L`` (``batchify``); batch
+``i`` is window ``i`` of every stream (``get_batch``)::
+
+    streams: [G, L]            (stream g starts at id g * L)
+    x_i = streams[:, i*T : (i+1)*T]          int64 [B, T]
+    y_i = streams[:, i*T+1 : (i+1)*T+1]      int64 [B, T]   (x shifted by one character)
+
+Consecutive batches continue every stream and nothing is shuffled, so the model's hidden state
+carries over from batch ``i`` to ``i+1`` (``repackage_hidden`` detaches it between steps).
+
+Rank-aware: with ``world_size`` processes there are ``G = world_size * batch_size`` global
+streams and rank ``r`` owns streams ``r*B .. (r+1)*B - 1``, so the global batch is
+``world_size * batch_size`` streams and every character is seen once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from charlm.errors import CharLMError
+
+#: Target value of padded positions (cross-entropy's default ``ignore_index``).
+IGNORE_INDEX = -100
+
+
+def split_bounds(num_chars: int, fractions: Sequence[float]) -> list[tuple[int, int]]:
+    """Contiguous ``(start, end)`` id ranges of the train/val/test splits.
+
+    Args:
+        num_chars: corpus length in characters.
+        fractions: ``(train, val, test)`` fractions, each in ``[0, 1]``, summing to 1
+            (e.g. ``(0.9, 0.05, 0.05)``; nanoGPT's Tiny Shakespeare split is ``(0.9, 0.1, 0)``).
+
+    Returns:
+        three ``(start, end)`` pairs; a split with fraction 0 is the empty range ``(n, n)``.
+
+    Raises:
+        CharLMError: if the fractions are invalid or an enabled split rounds to 0 characters.
+    """
+    fr = [float(f) for f in fractions]
+    if len(fr) != 3 or any(not (0.0 <= f <= 1.0) for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+        raise CharLMError(
+            f"data.splits must be three fractions (train, val, test) in [0, 1] summing to 1, got {list(fractions)}"
+        )
+    if fr[0] == 0:
+        raise CharLMError("data.splits: the train fraction must be > 0")
+    n_val = int(round(num_chars * fr[1]))
+    n_test = int(round(num_chars * fr[2]))
+    n_train = num_chars - n_val - n_test
+    for name, f, n in (("train", fr[0], n_train), ("val", fr[1], n_val), ("test", fr[2], n_test)):
+        if f > 0 and n <= 1:
+            raise CharLMError(
+                f"the {name} split is {f} of a {num_chars:,}-character corpus, which leaves {n} character(s); "
+                f"use a larger corpus or a larger {name} fraction in data.splits (or 0 to disable it)."
+            )
+    return [(0, n_train), (n_train, n_train + n_val), (n_train + n_val, num_chars)]
+
+
+class BPTTLoader:
+    """Iterable of contiguous BPTT windows ``(x, y)``, both int64 ``[B, T]``, over one split.
+
+    Args:
+        ids: ``[N]`` ids of the split (any unsigned dtype; a memory map is read lazily).
+        batch_size: streams per rank ``B``.
+        seq_len: window length ``T`` (BPTT steps).
+        rank: this process's rank; it owns streams ``rank*B .. (rank+1)*B - 1``.
+        world_size: number of processes; global streams ``G = world_size * B``.
+        cover_all: ``False`` (training): streams of ``L = (N-1) // G`` characters and only full
+            windows (``L // T`` batches; the tail is dropped). ``True`` (evaluation): every one of
+            the ``N - 1`` targets is predicted exactly once; streams have ``ceil((N-1) / G)``
+            characters, the last window may be shorter, and targets past the end of the split
+            are ``IGNORE_INDEX`` (-100), so a token-weighted loss covers the whole split.
+        name: split name, for error messages.
+
+    Raises:
+        CharLMError: if the split is too small for one window of every stream.
+
+    The loader is resumable: :meth:`state_dict` gives the epoch and the number of batches
+    consumed, and :meth:`load_state_dict` makes the next iteration continue from there.
+    """
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        cover_all: bool = False,
+        name: str = "train",
+    ):
+        if batch_size < 1 or seq_len < 1:
+            raise CharLMError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+        if not 0 <= rank < world_size:
+            raise CharLMError(f"rank {rank} is not in [0, {world_size})")
+        self.ids = ids
+        self.batch_size = int(batch_size)
+        self.seq_len = int(seq_len)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.cover_all = bool(cover_all)
+        self.name = name
+        n = int(ids.shape[0])
+        g = self.num_streams
+        need = g * (self.seq_len + 1) if not cover_all else g + 1
+        if n < need:
+            raise CharLMError(
+                f"the {name} split has {n:,} characters, fewer than one batch needs: "
+                f"{g} stream(s) (batch_size={self.batch_size} x {self.world_size} device(s)) "
+                + (f"x (seq_len={self.seq_len} + 1) = {need:,}. " if not cover_all else f"+ 1 = {need:,}. ")
+                + "Lower data.batch_size or data.seq_len, use a larger corpus, "
+                f"or give the {name} split a larger fraction in data.splits."
+            )
+        if cover_all:
+            self.stream_len = math.ceil((n - 1) / g)
+            self.num_batches = math.ceil(self.stream_len / self.seq_len)
+        else:
+            self.stream_len = (n - 1) // g
+            self.num_batches = self.stream_len // self.seq_len
+        # global start of each of this rank's streams
+        first = self.rank * self.batch_size
+        self._starts = (np.arange(first, first + self.batch_size, dtype=np.int64) * self.stream_len)[:, None]
+        self.epoch = 0
+        self.consumed = 0  # batches of the current epoch already handed out and trained on
+        self._resume_at: int | None = None
+
+    @property
+    def num_streams(self) -> int:
+        """Global number of streams ``G = world_size * batch_size``."""
+        return self.batch_size * self.world_size
+
+    @property
+    def num_targets(self) -> int:
+        """Characters predicted per epoch by all ranks together."""
+        if self.cover_all:
+            return int(self.ids.shape[0]) - 1
+        return self.num_streams * self.num_batches * self.seq_len
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Window ``i`` of this rank's streams: ``x, y`` int64 ``[B, T_i]`` (``T_i = T`` except
+        possibly the last window with ``cover_all``); padded targets are ``IGNORE_INDEX``."""
+        if not 0 <= i < self.num_batches:
+            raise IndexError(f"batch {i} out of range [0, {self.num_batches})")
+        t0 = i * self.seq_len
+        t = min(self.seq_len, self.stream_len - t0)
+        pos = self._starts + np.arange(t0, t0 + t + 1, dtype=np.int64)[None, :]  # [B, t+1] global positions
+        n = int(self.ids.shape[0])
+        inside = pos < n  # always true when training (cover_all=False)
+        xy = torch.from_numpy(np.asarray(self.ids[np.minimum(pos, n - 1)], dtype=np.int64))
+        x = xy[:, :-1].contiguous()
+        y = xy[:, 1:].contiguous()
+        if self.cover_all and not inside.all():
+            y[~torch.from_numpy(inside[:, 1:])] = IGNORE_INDEX
+        return x, y
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start = self._resume_at if self._resume_at is not None else 0
+        self._resume_at = None
+        self.consumed = start
+        for i in range(start, self.num_batches):
+            yield self.batch(i)
+            self.consumed = i + 1
+        self.epoch += 1
+        self.consumed = 0
+
+    def state_dict(self) -> dict:
+        """Position in the split: ``{"epoch", "consumed", "num_streams", "stream_len", "seq_len"}``."""
+        return {
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "num_streams": self.num_streams,
+            "stream_len": self.stream_len,
+            "seq_len": self.seq_len,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the next iteration at batch ``state["consumed"]`` of epoch ``state["epoch"]``.
+
+        Raises:
+            CharLMError: if the saved layout (streams, stream length, seq_len) differs from this one.
+        """
+        layout = ("num_streams", "stream_len", "seq_len")
+        saved = {k: state.get(k) for k in layout}
+        mine = {k: getattr(self, k) for k in layout}
+        if saved != mine:
+            raise CharLMError(
+                f"cannot resume the {self.name} loader: the checkpoint's stream layout {saved} "
+                f"differs from this run's {mine} (batch_size, devices, seq_len or corpus changed)."
+            )
+        self.epoch = int(state["epoch"])
+        self._resume_at = int(state["consumed"]) % max(self.num_batches, 1)

@@ -1,0 +1,228 @@
+"""The training step: :class:`CharLM`, a LightningModule around :class:`~charlm.model.rnn.CharRNN`.
+
+Truncated BPTT as in char-rnn: the hidden state of every stream is carried from one training
+window to the next and detached between steps (``repackage_hidden``); it is reset at the start
+of every epoch. Validation and test carry their own state from zero over the whole split.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from charlm.data.streams import IGNORE_INDEX
+from charlm.errors import CharLMError
+from charlm.evaluation.metrics import CharNLL, loss_to_metrics
+from charlm.model.rnn import CharRNN, State
+
+log = logging.getLogger(__name__)
+
+#: Bump when the layout of the ``"charlm"`` checkpoint entry changes.
+CHECKPOINT_FORMAT = 1
+
+
+class CharLM(L.LightningModule):
+    """Character language model with truncated BPTT, for ``lightning.Trainer``.
+
+    Args:
+        vocab: the sorted vocabulary characters (stored in every checkpoint).
+        model: :class:`CharRNN` keyword arguments (``hidden_size``, ``num_layers``, ``cell``, ...);
+            ``vocab_size`` is taken from ``vocab``.
+        optimizer: a factory ``params -> torch.optim.Optimizer`` (Hydra ``_partial_``); AdamW
+            with lr 2e-3 when ``None``.
+        scheduler: a factory ``(optimizer, total_steps) -> lr_scheduler dict or None`` (see :mod:`charlm.training.schedulers`).
+        data: plain-typed description of the training data (stored in checkpoints).
+        nonfinite: what a non-finite gradient norm does: ``"stop"`` (raise, naming the step; no
+            checkpoint with NaN weights is written) or ``"skip"`` (skip that optimizer step).
+
+    Batches are ``(x, y)`` int64 ``[B, T]``; the loss is the mean cross-entropy in nats/char.
+    Logged: ``train/loss``, ``train/grad_norm``, ``train/tokens_per_sec``, ``val/loss``
+    (nats/char, token-weighted), ``val/bpc``, ``val/ppl`` (and ``test/*``).
+    """
+
+    def __init__(
+        self,
+        vocab: list[str],
+        model: dict[str, Any] | None = None,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        data: dict[str, Any] | None = None,
+        nonfinite: str = "stop",
+    ):
+        super().__init__()
+        if nonfinite not in ("stop", "skip"):
+            raise CharLMError(f"nonfinite={nonfinite!r} must be 'stop' or 'skip'")
+        self.vocab = list(vocab)
+        model_cfg = dict(model or {})
+        model_cfg.pop("vocab_size", None)
+        self.net = CharRNN(vocab_size=len(self.vocab), **model_cfg)
+        self.data_config = dict(data or {})
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.nonfinite = nonfinite
+        # Plain types only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {"vocab": self.vocab, "model": self.net.config(), "data": self.data_config, "nonfinite": nonfinite},
+            logger=False,
+        )
+        self.val_nll = CharNLL()
+        self.test_nll = CharNLL()
+        self.train_state: State | None = None
+        self.eval_state: State | None = None
+        self._tokens = 0
+        self._t_last: float | None = None
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """``ids`` int64 ``[B, T]`` -> ``(logits [B, T, V], state)``; see :meth:`CharRNN.forward`."""
+        return self.net(ids, state)
+
+    def _nll(self, batch, state: State | None, reduction: str):
+        x, y = batch
+        logits, state = self.net(x, state)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction=reduction, ignore_index=IGNORE_INDEX
+        )
+        return loss, state
+
+    # ------------------------------------------------------------------ training
+    def on_train_epoch_start(self) -> None:
+        self.train_state = None  # every stream starts the epoch from a zero state
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, state = self._nll(batch, self.train_state, "mean")
+        self.train_state = tuple(s.detach() for s in state)
+        self._tokens += batch[0].numel()
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every = max(int(getattr(self.trainer, "log_every_n_steps", 50) or 50), 1)
+        if self.trainer.global_step % every:
+            return
+        now = time.perf_counter()
+        if self._t_last is not None and now > self._t_last:
+            tps = self._tokens * self.trainer.world_size / (now - self._t_last)
+            self.log("train/tokens_per_sec", tps, on_step=True, on_epoch=False, rank_zero_only=True)
+        self._t_last, self._tokens = now, 0
+
+    def on_validation_start(self) -> None:
+        self._t_last = None  # validation time is not training throughput
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip as the Trainer's ``gradient_clip_val``/``gradient_clip_algorithm`` say, log the
+        pre-clipping gradient norm, and stop or skip on a non-finite norm."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        if not params:
+            return
+        max_norm = float(gradient_clip_val) if gradient_clip_val and gradient_clip_algorithm in (None, "norm") else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        if gradient_clip_val and gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val), foreach=True)
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        if not torch.isfinite(norm):
+            step = self.trainer.global_step
+            if self.nonfinite == "skip":
+                log.warning("step %d: non-finite gradient norm (%s); skipping this optimizer step", step, norm.item())
+                for p in params:
+                    p.grad = None  # torch optimizers leave parameters without a gradient untouched
+                return
+            raise CharLMError(
+                f"non-finite gradient norm ({norm.item()}) at step {step}: training stopped and no checkpoint "
+                "with these values was written. Lower optimizer.lr, keep gradient clipping on "
+                "(trainer.gradient_clip_val), or set nonfinite=skip to skip such steps."
+            )
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=2e-3)
+        else:
+            optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        sched = self.scheduler_factory(optimizer, total_steps=total)
+        if sched is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": sched}
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch, metric: CharNLL) -> None:
+        nll, self.eval_state = self._nll(batch, self.eval_state, "sum")
+        metric.update(nll, (batch[1] != IGNORE_INDEX).sum())
+
+    def _eval_end(self, metric: CharNLL, prefix: str) -> dict[str, float]:
+        loss = metric.compute()
+        metric.reset()
+        values = loss_to_metrics(float(loss))
+        for k, v in values.items():
+            self.log(f"{prefix}/{k}", v, sync_dist=False, prog_bar=(k == "loss"), rank_zero_only=False)
+        return values
+
+    def on_validation_epoch_start(self) -> None:
+        self.eval_state = None
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_nll)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_nll.reset()
+            return
+        self._eval_end(self.val_nll, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self.eval_state = None
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_nll)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end(self.test_nll, "test")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add what sampling and exact resumption need, as plain types and tensors.
+
+        Raises:
+            CharLMError: if a parameter is NaN or infinite (such a checkpoint is never written).
+        """
+        bad = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise CharLMError(
+                f"refusing to write a checkpoint at step {self.global_step}: parameters {bad[:3]} hold NaN/Inf; "
+                "the last good checkpoint is kept."
+            )
+        checkpoint["charlm"] = {
+            "format": CHECKPOINT_FORMAT,
+            "vocab": self.vocab,
+            "model": self.net.config(),
+            "data": self.data_config,
+            "train_state": [s.cpu() for s in self.train_state] if self.train_state is not None else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": list(random.getstate()[1]),
+                "python_version": random.getstate()[0],
+                "python_gauss": random.getstate()[2],
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        entry = checkpoint.get("charlm") or {}
+        state = entry.get("train_state")
+        self.train_state = tuple(s.to(self.device) for s in state) if state is not None else None
+        rng = entry.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))

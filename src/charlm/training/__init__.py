@@ -1,0 +1,1 @@
+"""Training plumbing around Lightning: LR schedules, callbacks, atomic checkpoint writes."""

@@ -1,0 +1,50 @@
+"""Learning-rate schedules, built from config with ``_partial_: true``.
+
+Each factory takes ``(optimizer, total_steps, **options)`` and returns a
+Lightning ``lr_scheduler`` config dict (or ``None`` for a constant rate); the LightningModule
+fills in ``total_steps`` (the Trainer's ``estimated_stepping_batches``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.1):
+    """Linear warm-up for ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr`` at
+    ``total_steps`` (nanoGPT's schedule, stepped every optimizer step)."""
+    total = max(int(total_steps), 1)
+    warm = max(int(warmup_steps), 0)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return {"scheduler": LambdaLR(optimizer, factor), "interval": "step", "frequency": 1}
+
+
+def charrnn_decay(optimizer, total_steps: int, decay_rate: float = 0.97, decay_after: int = 10):
+    """char-rnn's schedule (``train.lua``): after each epoch from epoch ``decay_after`` on, the
+    learning rate is multiplied by ``decay_rate`` (defaults 0.97 and 10, as there)."""
+
+    def factor(epochs_done: int) -> float:
+        return decay_rate ** max(0, epochs_done - decay_after + 1)
+
+    return {"scheduler": LambdaLR(optimizer, factor), "interval": "epoch", "frequency": 1}
+
+
+def plateau(optimizer, total_steps: int, factor: float = 0.5, patience: int = 2, min_lr: float = 1e-6):
+    """Multiply the learning rate by ``factor`` when ``val/loss`` has not improved for
+    ``patience`` validations (``torch.optim.lr_scheduler.ReduceLROnPlateau``)."""
+    sched = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lr)
+    return {"scheduler": sched, "interval": "epoch", "frequency": 1, "monitor": "val/loss", "strict": False}
+
+
+def constant(optimizer: torch.optim.Optimizer, total_steps: int):
+    """No schedule: the optimizer's learning rate throughout."""
+    return None
