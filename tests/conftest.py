@@ -1,0 +1,93 @@
+"""Shared fixtures: the real corpora from ../shared/data and composed Hydra configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from charlm.config import config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CHARLM_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+os.environ["CHARLM_DATA_DIR"] = str(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only corpora folder (``$CHARLM_DATA_DIR`` or ``../shared/data``)."""
+    if not (SHARED_DATA / "tinyshakespeare" / "input.txt").is_file():
+        pytest.fail(f"corpora not found at {SHARED_DATA}: set CHARLM_DATA_DIR to the shared data folder")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session prepares corpora into its own cache folder (never into the repo)."""
+    cache = tmp_path_factory.getbasetemp() / "charlm-cache"
+    monkeypatch.setenv("CHARLM_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture
+def shakespeare_path(shared_data) -> Path:
+    return shared_data / "tinyshakespeare" / "input.txt"
+
+
+@pytest.fixture
+def small_corpus(tmp_path, shakespeare_path) -> Path:
+    """The first 60,000 characters of Tiny Shakespeare, as a file of its own."""
+    p = tmp_path / "small.txt"
+    p.write_text(shakespeare_path.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    return p
+
+
+def compose_cfg(config_name: str, output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
+    """Compose one of the real configs (``train``, ``sample``, ``eval``) as the app would,
+    with the Hydra runtime set so ``${hydra:...}`` resolves, and the output dir pointed at
+    ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides or []), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+        cfg.hydra.job.name = config_name
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+#: Overrides that make a training run take seconds: a small model, few steps, CSV only.
+FAST_TRAIN = [
+    "model.hidden_size=64",
+    "model.num_layers=1",
+    "data.batch_size=8",
+    "data.seq_len=32",
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=20",
+    "trainer.limit_val_batches=10",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=5",
+    "callbacks.last_checkpoint.every_n_train_steps=20",
+    "~callbacks.rich_progress_bar",
+    "logger=csv",
+]
+
+
+@pytest.fixture
+def compose():
+    """``compose(config_name, output_dir, overrides)`` -> composed config (see :func:`compose_cfg`)."""
+    yield compose_cfg
+    GlobalHydra.instance().clear()
