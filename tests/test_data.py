@@ -1,0 +1,199 @@
+"""Data path: decoding, vocabulary, id cache, splits and BPTT windows, on the real corpora."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from charlm.data.corpus import prepare_corpus, resolve_corpus_path
+from charlm.data.datamodule import CharDataModule
+from charlm.data.streams import IGNORE_INDEX, BPTTLoader, split_bounds
+from charlm.data.vocab import Vocab, id_dtype
+from charlm.errors import CharLMError
+
+
+def test_shakespeare_vocab_and_ids_roundtrip(shakespeare_path, tmp_path):
+    text = shakespeare_path.read_text(encoding="utf-8")
+    c = prepare_corpus(shakespeare_path, cache_dir=tmp_path)
+    assert len(c.vocab) == 65
+    assert c.vocab.chars == sorted(set(text))
+    assert c.ids.dtype == np.uint8
+    assert c.num_chars == len(text) == 1_115_394
+    assert c.vocab.decode(c.ids[:500]) == text[:500]
+    assert c.vocab.decode(c.ids[-300:]) == text[-300:]
+    assert isinstance(c.ids, np.memmap)
+
+
+def test_vocab_identical_across_processes(shakespeare_path, tmp_path):
+    code = (
+        "import sys; from charlm.data.corpus import prepare_corpus;"
+        "c = prepare_corpus(sys.argv[1], cache_dir=sys.argv[2]);"
+        "print(repr(''.join(c.vocab.chars)), int(c.ids[:100000].astype('int64').sum()))"
+    )
+    outs = set()
+    for i, seed in enumerate(["0", "1", "12345"]):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(shakespeare_path), str(tmp_path / f"cache{i}")],
+            env=env, capture_output=True, text=True, check=True,
+        )
+        outs.add(r.stdout)
+    assert len(outs) == 1
+
+
+def test_id_dtype_is_smallest_that_fits():
+    assert id_dtype(65) == np.uint8 and id_dtype(256) == np.uint8
+    assert id_dtype(257) == np.uint16 and id_dtype(65536) == np.uint16
+    assert id_dtype(65537) == np.uint32
+    big = Vocab(chr(0x4E00 + i) for i in range(300))
+    assert big.dtype == np.uint16
+
+
+def test_cache_is_reused_and_invalidated_when_content_changes(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("hello world\n" * 50, encoding="utf-8")
+    cache = tmp_path / "cache"
+    a = prepare_corpus(f, cache_dir=cache)
+    b = prepare_corpus(f, cache_dir=cache)
+    assert a.cache_dir == b.cache_dir
+    # same size, different content, mtime restored: the content hash still catches it
+    st = f.stat()
+    f.write_text("HELLO WORLD\n" * 50, encoding="utf-8")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    c = prepare_corpus(f, cache_dir=cache)
+    assert c.cache_dir != a.cache_dir
+    assert "H" in c.vocab and "h" not in c.vocab
+
+
+def test_warpeace_bom_and_lone_cr_are_normalised(shared_data, tmp_path):
+    path = shared_data / "warpeace" / "input.txt"
+    c = prepare_corpus(path, cache_dir=tmp_path)
+    assert c.bom_removed
+    assert c.newline_replacements == 62_016
+    assert "\r" not in c.vocab and "\ufeff" not in c.vocab and "\n" in c.vocab
+    assert c.num_chars == 3_196_214  # the README's count after normalisation
+    kept = prepare_corpus(path, newline="keep", cache_dir=tmp_path)
+    assert "\r" in kept.vocab and kept.newline_replacements == 0
+
+
+def test_crlf_and_cr_across_chunk_boundaries(tmp_path):
+    f = tmp_path / "mixed.txt"
+    raw = ("ab\r\ncd\ref\n" * 1000).encode("utf-8")
+    f.write_bytes(raw)
+    for chunk in (3, 4, 7, 1 << 20):  # a chunk may end between \r and \n
+        c = prepare_corpus(f, cache_dir=tmp_path / f"c{chunk}", chunk_bytes=chunk)
+        assert c.vocab.decode(c.ids) == "ab\ncd\nef\n" * 1000
+        assert c.newline_replacements == 2000
+
+
+def test_invalid_utf8_reports_byte_offset_and_option(tmp_path):
+    f = tmp_path / "latin1.txt"
+    f.write_bytes("caf\u00e9 au lait ".encode("latin-1") * 3)
+    with pytest.raises(CharLMError) as e:
+        prepare_corpus(f, cache_dir=tmp_path, chunk_bytes=2)
+    assert "byte offset 3" in str(e.value) and "data.encoding" in str(e.value)
+    c = prepare_corpus(f, encoding="latin-1", cache_dir=tmp_path)
+    assert "\u00e9" in c.vocab and c.encoding == "iso8859-1"
+
+
+def test_empty_and_bom_only_files_are_errors(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(CharLMError, match="input is empty"):
+        prepare_corpus(empty, cache_dir=tmp_path)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf")
+    with pytest.raises(CharLMError, match="input is empty"):
+        prepare_corpus(bom, cache_dir=tmp_path)
+
+
+def test_multibyte_corpus(tmp_path):
+    text = "Привет, мир! Γειά σου κόσμε. 你好，世界。 😀 e\u0301\n" * 20
+    f = tmp_path / "multi.txt"
+    f.write_text(text, encoding="utf-8")
+    c = prepare_corpus(f, cache_dir=tmp_path, chunk_bytes=5)  # chunks split multi-byte characters
+    assert c.vocab.chars == sorted(set(text))
+    assert c.vocab.decode(c.ids) == text
+    assert int(c.ids.max()) < len(c.vocab)
+
+
+def test_split_sizes():
+    b = split_bounds(1_115_394, (0.9, 0.1, 0.0))
+    assert b[0] == (0, 1_003_855) and b[1] == (1_003_855, 1_115_394) and b[2] == (1_115_394, 1_115_394)
+    b = split_bounds(1000, (0.9, 0.05, 0.05))
+    assert [e - s for s, e in b] == [900, 50, 50]
+    with pytest.raises(CharLMError, match="sum"):
+        split_bounds(1000, (0.9, 0.2, 0.0))
+    with pytest.raises(CharLMError, match="leaves 0"):
+        split_bounds(10, (0.96, 0.04, 0.0))
+
+
+def test_train_windows_are_contiguous_and_shifted(shakespeare_path, tmp_path):
+    c = prepare_corpus(shakespeare_path, cache_dir=tmp_path)
+    ids = c.ids[:100_000]
+    B, T = 4, 16
+    loader = BPTTLoader(ids, B, T)
+    L = loader.stream_len
+    assert L == (100_000 - 1) // B and len(loader) == L // T
+    prev = None
+    for i, (x, y) in enumerate(loader):
+        assert x.dtype == y.dtype and str(x.dtype) == "torch.int64" and x.shape == (B, T)
+        assert (y[:, :-1] == x[:, 1:]).all()  # targets are inputs shifted by one
+        for b in range(B):
+            start = b * L + i * T
+            assert x[b].tolist() == ids[start : start + T].tolist()
+        if prev is not None:
+            assert (x[:, 0] == prev[:, -1]).all()  # the next window continues each stream
+        prev = y
+        if i == 5:
+            break
+
+
+def test_ranks_own_disjoint_contiguous_streams(shakespeare_path, tmp_path):
+    ids = prepare_corpus(shakespeare_path, cache_dir=tmp_path).ids[:50_000]
+    one = BPTTLoader(ids, 8, 32)
+    r0 = BPTTLoader(ids, 4, 32, rank=0, world_size=2)
+    r1 = BPTTLoader(ids, 4, 32, rank=1, world_size=2)
+    x, _ = one.batch(3)
+    assert (r0.batch(3)[0] == x[:4]).all() and (r1.batch(3)[0] == x[4:]).all()
+
+
+def test_eval_loader_predicts_every_character_once():
+    ids = (np.arange(1001) % 200).astype(np.uint8)
+    loader = BPTTLoader(ids, 7, 10, cover_all=True)
+    targets = []
+    for x, y in loader:
+        targets += y[y != IGNORE_INDEX].tolist()
+    assert len(targets) == 1000 and sorted(targets) == sorted(ids[1:].tolist())
+
+
+def test_split_too_small_for_one_batch(tmp_path):
+    f = tmp_path / "tiny.txt"
+    f.write_text("to be or not to be\n" * 10, encoding="utf-8")  # 190 characters
+    dm = CharDataModule(path=str(f), batch_size=8, seq_len=32, splits=(0.9, 0.1, 0.0), cache_dir=str(tmp_path))
+    with pytest.raises(CharLMError) as e:
+        dm.loader("train")
+    msg = str(e.value)
+    assert "171 characters" in msg and "264" in msg and "data.batch_size" in msg and "data.seq_len" in msg
+
+
+def test_named_corpus_download_offline_copy(shakespeare_path, tmp_path):
+    # The real download code, against the shared copy through a file:// address.
+    url = shakespeare_path.resolve().as_uri()
+    sha = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    p = resolve_corpus_path("tinyshakespeare", "input.txt", tmp_path, url, sha)
+    assert p == tmp_path / "tinyshakespeare" / "input.txt" and p.stat().st_size == 1_115_394
+    with pytest.raises(CharLMError, match="sha256"):
+        resolve_corpus_path("bad", "input.txt", tmp_path, url, "0" * 64)
+    assert not (tmp_path / "bad" / "input.txt").exists()
+
+
+def test_missing_named_corpus_says_where_to_put_it(tmp_path):
+    with pytest.raises(CharLMError) as e:
+        resolve_corpus_path("tinyshakespeare", "input.txt", tmp_path, "http://127.0.0.1:9/nothing", None)
+    assert str(tmp_path / "tinyshakespeare" / "input.txt") in str(e.value)
+    assert "CHARLM_DATA_DIR" in str(e.value)

@@ -1,0 +1,157 @@
+"""A short real training on Tiny Shakespeare, then sampling and evaluation through its checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.cli.train import train
+from charlm.evaluation.evaluate import evaluate
+from charlm.sampling.sampler import sample
+from tests.conftest import FAST_TRAIN
+
+SHORT = FAST_TRAIN + [
+    "model.hidden_size=128",
+    "data.batch_size=16",
+    "data.seq_len=64",
+    "optimizer.lr=1e-2",
+    "scheduler.warmup_steps=10",
+    "trainer.max_steps=150",
+    "trainer.val_check_interval=75",
+    "trainer.limit_val_batches=null",
+    "callbacks.last_checkpoint.every_n_train_steps=75",
+    "callbacks.samples.length=80",
+]
+
+
+def run_cli(app: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", f"charlm.{app}", *args], capture_output=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train once for the whole module: (output dir, final metrics)."""
+    from tests.conftest import compose_cfg
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_cfg("train", out, SHORT + ["seed=1"])
+    metrics = train(cfg)
+    return out, metrics
+
+
+def test_val_loss_falls_well_below_uniform(trained):
+    out, metrics = trained
+    assert metrics["val/loss"] < 2.6 < math.log(65)
+    assert metrics["val/bpc"] == pytest.approx(metrics["val/loss"] / math.log(2))
+    assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-6)
+
+
+def test_run_dir_contents(trained):
+    out, _ = trained
+    ckpts = out / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file()
+    best = sorted(p.name for p in ckpts.glob("step*-val_loss*.ckpt"))
+    assert len(best) == 2 and best[0].startswith("step000075-val_loss")
+    samples = (out / "samples.txt").read_text(encoding="utf-8")
+    assert samples.count("### step=") == 4  # 2 validations x 2 temperatures
+    rows = (out / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for key in ("train/loss", "val/loss", "val/bpc", "val/ppl", "train/grad_norm", "train/tokens_per_sec"):
+        assert key in header, key
+
+
+def test_checkpoint_is_plain_and_complete(trained):
+    out, _ = trained
+    raw = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    entry = raw["charlm"]
+    assert len(entry["vocab"]) == 65 and entry["model"]["hidden_size"] == 128
+    assert entry["data"]["encoding"] == "utf-8" and raw["global_step"] == 150
+
+
+def test_eval_matches_training_validation(trained):
+    out, metrics = trained
+    net, vocab = model_from_checkpoint(load_checkpoint(out / "checkpoints" / "last.ckpt"))
+    from charlm.data.corpus import prepare_corpus
+    from charlm.data.streams import split_bounds
+
+    c = prepare_corpus(os.environ["CHARLM_DATA_DIR"] + "/tinyshakespeare/input.txt")
+    b, e = split_bounds(c.num_chars, (0.9, 0.1, 0.0))[1]
+    # the same stream layout as training's validation (batch 16) gives the same number
+    r = evaluate(net, c.ids[b:e], batch_size=16, seq_len=64)
+    assert r["chars"] == e - b - 1
+    assert r["loss"] == pytest.approx(metrics["val/loss"], abs=1e-4)
+
+
+def test_sample_cli(trained):
+    out, _ = trained
+    ckpt = out / "checkpoints" / "last.ckpt"
+    r = run_cli("sample", f"ckpt={ckpt}", "prime=ROMEO:", "length=120", "seed=3", "num_samples=2", f"hydra.run.dir={out}/s")
+    assert r.returncode == 0, r.stderr.decode()
+    text = r.stdout.decode("utf-8")
+    parts = text.split("\n\n")
+    assert text.startswith("ROMEO:") and len(text) >= 2 * 126
+    r2 = run_cli("sample", f"ckpt={ckpt}", "prime=ROMEO:", "length=120", "seed=3", "num_samples=2", f"hydra.run.dir={out}/s2")
+    assert r2.stdout == r.stdout and len(parts) >= 2
+
+
+def test_eval_cli(trained, tmp_path):
+    out, _ = trained
+    ckpt = out / "checkpoints" / "last.ckpt"
+    r = run_cli("eval", f"ckpt={ckpt}", "split=val", f"hydra.run.dir={tmp_path}/e")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "bpc" in r.stdout.decode() and (tmp_path / "e" / "metrics.json").is_file()
+    f = tmp_path / "t.txt"
+    f.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n", encoding="utf-8")
+    r = run_cli("eval", f"ckpt={ckpt}", f"file={f}", f"hydra.run.dir={tmp_path}/e2")
+    assert r.returncode == 0 and "nats/char" in r.stdout.decode()
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Ça va? ½", encoding="utf-8")
+    r = run_cli("eval", f"ckpt={ckpt}", f"file={bad}", f"hydra.run.dir={tmp_path}/e3")
+    err = r.stderr.decode("utf-8")
+    assert r.returncode == 2 and "'Ç'" in err and "'½'" in err and "Traceback" not in err
+
+
+def test_cli_errors_are_clean(trained, tmp_path):
+    out, _ = trained
+    ckpt = out / "checkpoints" / "last.ckpt"
+    for args, needle in [
+        (["temperature=-1"], "temperature"),
+        (["prime=Zq€"], "'€'"),
+        (["ckpt=/nonexistent.ckpt"], "does not exist"),
+    ]:
+        r = run_cli("sample", f"ckpt={ckpt}", *args, f"hydra.run.dir={tmp_path}/x")
+        err = r.stderr.decode("utf-8")
+        assert r.returncode == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_sample_output_is_utf8_under_c_locale(tmp_path, compose):
+    text = "Привет мир 😀 café\n" * 400
+    f = tmp_path / "uni.txt"
+    f.write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    cfg = compose("train", out, FAST_TRAIN + [f"data.path={f}", "data=file", "trainer.max_steps=10",
+                                              "trainer.val_check_interval=10", "callbacks.samples.length=0"])
+    train(cfg)
+    r = run_cli("sample", f"ckpt={out}/checkpoints/last.ckpt", "prime=Привет", "length=30",
+                f"hydra.run.dir={tmp_path}/s", env_extra={"LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": ""})
+    assert r.returncode == 0, r.stderr.decode()
+    s = r.stdout.decode("utf-8")  # strict: raises if the bytes are not UTF-8
+    assert s.startswith("Привет") and "\\u" not in s
+
+
+def test_names_model_samples_with_default_prime(tmp_path, compose):
+    out = tmp_path / "names"
+    cfg = compose("train", out, FAST_TRAIN + ["data=names", "trainer.max_steps=20", "trainer.val_check_interval=20"])
+    train(cfg)
+    net, vocab = model_from_checkpoint(load_checkpoint(out / "checkpoints" / "last.ckpt"))
+    assert " " not in vocab and "\n" in vocab
+    text = sample(net, vocab, length=50, seed=0)[0]
+    assert len(text) == 51 and set(text) <= set(vocab.chars)
