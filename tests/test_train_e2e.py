@@ -124,7 +124,7 @@ def test_cli_errors_are_clean(trained, tmp_path):
     ckpt = out / "checkpoints" / "last.ckpt"
     for args, needle in [
         (["temperature=-1"], "temperature"),
-        (["prime=Zq€"], "'€'"),
+        (["prime='Zq€'"], "'€'"),
         (["ckpt=/nonexistent.ckpt"], "does not exist"),
     ]:
         r = run_cli("sample", f"ckpt={ckpt}", *args, f"hydra.run.dir={tmp_path}/x")

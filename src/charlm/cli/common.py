@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 
 from charlm.errors import CharLMError
-
-log = logging.getLogger("charlm")
 
 
 def utf8_stdout() -> None:
@@ -41,8 +38,7 @@ def clean_errors(task):
         except CharLMError as e:
             if is_multirun():
                 raise
-            log.error("%s", e)
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper
