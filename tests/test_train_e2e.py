@@ -140,7 +140,7 @@ def test_sample_output_is_utf8_under_c_locale(tmp_path, compose):
     cfg = compose("train", out, FAST_TRAIN + [f"data.path={f}", "data=file", "trainer.max_steps=10",
                                               "trainer.val_check_interval=10", "callbacks.samples.length=0"])
     train(cfg)
-    r = run_cli("sample", f"ckpt={out}/checkpoints/last.ckpt", "prime=Привет", "length=30",
+    r = run_cli("sample", f"ckpt={out}/checkpoints/last.ckpt", "prime='Привет'", "length=30",
                 f"hydra.run.dir={tmp_path}/s", env_extra={"LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": ""})
     assert r.returncode == 0, r.stderr.decode()
     s = r.stdout.decode("utf-8")  # strict: raises if the bytes are not UTF-8
