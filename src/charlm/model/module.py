@@ -120,7 +120,8 @@ class CharLM(L.LightningModule):
         loss, state = self._nll(batch, self.train_state, "mean")
         self.train_state = tuple(s.detach() for s in state)
         self._tokens += batch[0].numel()
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # sync_dist: under DDP the mean over all ranks' streams (equal token counts per rank)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
