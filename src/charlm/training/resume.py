@@ -249,7 +249,8 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
             + "\n  ".join(changed)
             + "\nResume with the run's own settings (drop these overrides), start a new run from its weights "
             f"with init_from={ckpt_path}, or pass allow_changes=true to continue with the new values "
-            "(optimizer values are written into the restored optimizer; everything else is used as configured)."
+            "(the optimizer and LR-scheduler states, learning rate included, are still restored from the checkpoint; "
+            "everything else is used as configured)."
         )
     if changed:
         log.warning("resuming with changed settings (allow_changes=true):\n  %s", "\n  ".join(changed))
