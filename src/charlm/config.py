@@ -24,10 +24,18 @@ def _wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "offline").lower() != "online"
 
 
+def _run_dir(target, default: str) -> str:
+    from charlm.training.resume import resume_run_dir
+
+    return resume_run_dir(target, default)
+
+
 def register_resolvers() -> None:
-    """Register ``${charlm.wandb_offline:}`` (idempotent)."""
+    """Register ``${charlm.wandb_offline:}`` and ``${charlm.run_dir:<resume>,<default>}`` (idempotent)."""
     if not OmegaConf.has_resolver("charlm.wandb_offline"):
         OmegaConf.register_new_resolver("charlm.wandb_offline", _wandb_offline)
+    if not OmegaConf.has_resolver("charlm.run_dir"):
+        OmegaConf.register_new_resolver("charlm.run_dir", _run_dir)
 
 
 register_resolvers()

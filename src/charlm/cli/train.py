@@ -21,13 +21,16 @@ from charlm.checkpoint import AtomicCheckpointIO
 from charlm.cli.common import clean_errors, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.datamodule import CharDataModule
+from charlm.errors import CharLMError
 from charlm.model.module import CharLM
+from charlm.training import resume
 
 log = logging.getLogger("charlm.train")
 
 
-def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
-    """Instantiate the DataModule, the LightningModule and the Trainer from a composed config."""
+def build(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[CharDataModule, CharLM, L.Trainer]:
+    """Instantiate the DataModule, the LightningModule and the Trainer from a composed config
+    (``overrides``: the Hydra overrides that compose it, stored in checkpoints for ``resume=``)."""
     dm: CharDataModule = instantiate(cfg.data)
     dm.prepare()  # vocabulary first: the model's output size depends on it
     module = CharLM(
@@ -39,6 +42,12 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, L.Trainer]:
         nonfinite=cfg.get("nonfinite", "stop"),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra", None)  # type: ignore[union-attr]
+    callbacks += [
+        resume.RunInfo(resolved, resume.run_overrides(overrides or [])),  # type: ignore[arg-type]
+        resume.StopControl(cfg.get("stop_after_steps")),
+    ]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
@@ -58,10 +67,24 @@ def log_config(trainer: L.Trainer, cfg: DictConfig, module: CharLM) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training from a composed config; returns the final metrics (``val/loss``,
     ``val/bpc``, ``val/ppl`` when a val split exists, ``best/val_bpc``)."""
+    resume.check_multirun_ddp(cfg)
+    overrides = resume.current_overrides(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        ckpt_path = str(resume.find_checkpoint(ckpt_path)[0])  # a missing checkpoint is an error
+    if cfg.get("resume"):
+        if cfg.get("init_from"):
+            raise CharLMError("resume= and init_from= exclude each other: resume continues a run, init_from starts a new one")
+        cfg, found, overrides = resume.prepare_resume(cfg)
+        ckpt_path = str(found)
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dm, module, trainer = build(cfg)
+    dm, module, trainer = build(cfg, overrides)
+    if cfg.get("init_from"):
+        resume.load_initial_weights(module, cfg.init_from)
+    if cfg.get("resume"):
+        resume.keep_csv_history(trainer, resume.checkpoint_step(ckpt_path))
     log.info(
         "model: %s %dx%d, %s parameters; data: batch %d x seq %d",
         module.net.cell, module.net.num_layers, module.net.hidden_size,
@@ -69,7 +92,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     log_config(trainer, cfg, module)
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     wall = time.time() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = _best_val(trainer)

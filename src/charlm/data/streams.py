@@ -17,6 +17,7 @@ streams and rank ``r`` owns streams ``r*B .. (r+1)*B - 1``, so the global batch 
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Iterator, Sequence
 
@@ -127,8 +128,11 @@ class BPTTLoader:
         first = self.rank * self.batch_size
         self._starts = (np.arange(first, first + self.batch_size, dtype=np.int64) * self.stream_len)[:, None]
         self.epoch = 0
-        self.consumed = 0  # batches of the current epoch already handed out and trained on
+        self.consumed = 0  # batches of the current epoch trained on (see mark_trained)
         self._resume_at: int | None = None
+        # indices handed out but not yet reported trained: Lightning fetches one batch ahead,
+        # so "handed out" runs ahead of "trained" and only mark_trained() moves `consumed`.
+        self._pending: collections.deque[int] = collections.deque()
 
     @property
     def num_streams(self) -> int:
@@ -166,14 +170,31 @@ class BPTTLoader:
         start = self._resume_at if self._resume_at is not None else 0
         self._resume_at = None
         self.consumed = start
+        self._pending.clear()
         for i in range(start, self.num_batches):
+            self._pending.append(i)
             yield self.batch(i)
-            self.consumed = i + 1
         self.epoch += 1
-        self.consumed = 0
+
+    def next_trained_index(self) -> int | None:
+        """Index (in the epoch) of the oldest batch handed out and not yet marked trained: the
+        batch the training step is working on (``None`` when nothing is outstanding)."""
+        return self._pending[0] if self._pending else None
+
+    def mark_trained(self) -> int:
+        """Record that the oldest outstanding batch was trained on; returns its index.
+
+        The training loop calls this once per optimizer step (``CharLM.on_train_batch_end``),
+        so :meth:`state_dict` gives the position after the last *trained* batch however far
+        ahead the loader has been read.
+        """
+        i = self._pending.popleft() if self._pending else self.consumed
+        self.consumed = i + 1
+        return i
 
     def state_dict(self) -> dict:
-        """Position in the split: ``{"epoch", "consumed", "num_streams", "stream_len", "seq_len"}``."""
+        """Position in the split: ``{"epoch", "consumed", "num_streams", "stream_len", "seq_len"}``;
+        ``consumed`` counts the batches of the current epoch marked trained (:meth:`mark_trained`)."""
         return {
             "epoch": self.epoch,
             "consumed": self.consumed,

@@ -26,7 +26,7 @@ from charlm.model.rnn import CharRNN, State
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of the ``"charlm"`` checkpoint entry changes.
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: train_state is global (all ranks), rng per rank
 
 
 class CharLM(L.LightningModule):
@@ -76,6 +76,7 @@ class CharLM(L.LightningModule):
         self.val_nll = CharNLL()
         self.test_nll = CharNLL()
         self.train_state: State | None = None
+        self._resumed_state: dict[str, Any] | None = None  # global train state from a checkpoint
         self.eval_state: State | None = None
         self._tokens = 0
         self._t_last: float | None = None
@@ -94,14 +95,33 @@ class CharLM(L.LightningModule):
         return loss, state
 
     # ------------------------------------------------------------------ training
+    def _train_loader(self):
+        trainer = self._trainer
+        loader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
+        return loader if hasattr(loader, "mark_trained") else None
+
     def on_train_epoch_start(self) -> None:
-        self.train_state = None  # every stream starts the epoch from a zero state
+        if self._train_loader() is None:
+            self.train_state = None  # every stream starts the epoch from a zero state
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loader = self._train_loader()
+        if loader is not None and loader.next_trained_index() == 0:
+            # The loader's own position decides (not Lightning's epoch counter, which can move
+            # on a restart): every stream starts the data epoch from a zero state.
+            self.train_state = None
+            self._resumed_state = None
+        if self._resumed_state is not None:
+            self.train_state = self._take_resumed_state()
+        if loader is not None:
+            # this batch counts as trained for checkpoints written after this step (callbacks'
+            # on_train_batch_end runs before the module's, so it cannot be marked there)
+            loader.mark_trained()
         loss, state = self._nll(batch, self.train_state, "mean")
         self.train_state = tuple(s.detach() for s in state)
         self._tokens += batch[0].numel()
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # sync_dist: under DDP the mean over all ranks' streams (equal token counts per rank)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -201,28 +221,31 @@ class CharLM(L.LightningModule):
                 f"refusing to write a checkpoint at step {self.global_step}: parameters {bad[:3]} hold NaN/Inf; "
                 "the last good checkpoint is kept."
             )
+        from charlm.training import resume as _resume
+
         checkpoint["charlm"] = {
             "format": CHECKPOINT_FORMAT,
             "vocab": self.vocab,
             "model": self.net.config(),
             "data": self.data_config,
-            "train_state": [s.cpu() for s in self.train_state] if self.train_state is not None else None,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": list(random.getstate()[1]),
-                "python_version": random.getstate()[0],
-                "python_gauss": random.getstate()[2],
-            },
+            # [num_layers, G, hidden_size] tensors: every stream of every rank, in global order
+            "train_state": _resume.gather_train_state(self, self.train_state),
+            "rng": _resume.gather_rng_states(self),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from charlm.training import resume as _resume
+
         entry = checkpoint.get("charlm") or {}
         state = entry.get("train_state")
-        self.train_state = tuple(s.to(self.device) for s in state) if state is not None else None
-        rng = entry.get("rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+        # sliced to this rank's streams at the first training step (the rank is known by then)
+        self._resumed_state = {"state": state} if state is not None else None
+        self.train_state = None
+        _resume.restore_rng_states(self, entry.get("rng"))
+
+    def _take_resumed_state(self) -> State | None:
+        from charlm.training import resume as _resume
+
+        pending, self._resumed_state = self._resumed_state, None
+        assert pending is not None
+        return _resume.local_train_state(self, pending["state"])

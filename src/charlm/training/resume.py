@@ -1,0 +1,568 @@
+"""Resuming a run exactly, starting from another run's weights, and stopping cleanly.
+
+- ``resume=<run dir or checkpoint>``: :func:`prepare_resume` finds ``last.ckpt``, recomposes the
+  run's config from the overrides stored in the checkpoint (plus the new command line), refuses
+  hyper-parameter changes (unless ``allow_changes=true``), points the run at the same run dir
+  and W&B run id. Lightning then restores weights, optimizer, LR scheduler, loop counters and the
+  train loader's position; :class:`~charlm.model.module.CharLM` restores the hidden state of
+  every stream and the RNG states (this module's ``gather_*``/``restore_*`` helpers).
+- ``init_from=<checkpoint>``: :func:`load_initial_weights`, weights only, vocabulary checked.
+- :class:`StopControl`: ``stop_after_steps``, SIGTERM/SIGINT -> ``last.ckpt`` then stop.
+- :class:`RunInfo`: stores the resolved config, its overrides and the W&B run id in every
+  checkpoint (``checkpoint["charlm_run"]``), so a checkpoint alone is enough to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from charlm.checkpoint import load_checkpoint
+from charlm.errors import CharLMError
+
+log = logging.getLogger(__name__)
+
+#: Keys whose change on resume alters the training (refused unless ``allow_changes=true``).
+PROTECTED = ("seed", "nonfinite", "data", "model", "optimizer", "scheduler")
+PROTECTED_TRAINER = ("precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches", "limit_train_batches")
+#: Keys that may change on resume: they make the run longer or shorter.
+EXTENDABLE = ("trainer.max_steps", "trainer.max_epochs", "trainer.max_time")
+#: Keys under ``data`` that do not change what is trained on (locations, eval layout); the
+#: per-device ``batch_size`` is compared as the global number of streams instead.
+DATA_FREE = ("data.data_dir", "data.cache_dir", "data.eval_batch_size", "data.batch_size")
+#: Command-line keys that belong to one invocation, never stored as the run's overrides.
+TRANSIENT = ("resume", "stop_after_steps", "allow_changes", "init_from", "ckpt_path")
+
+
+# ---------------------------------------------------------------------- checkpoints and run dirs
+def find_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
+    """``(checkpoint file, run dir)`` for ``resume=<target>``.
+
+    ``target`` is a run dir (its ``checkpoints/last.ckpt`` is used), a ``checkpoints`` folder,
+    or a ``.ckpt`` file. The run dir is the folder above ``checkpoints/`` (``None`` when the
+    checkpoint does not sit in a run dir's ``checkpoints/`` folder).
+
+    Raises:
+        CharLMError: if no checkpoint is found (a resume never silently starts from scratch).
+    """
+    p = Path(str(target)).expanduser()
+    if p.is_dir():
+        for c in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
+            if c.is_file():
+                p = c
+                break
+        else:
+            raise CharLMError(
+                f"resume={target}: no checkpoint found (looked for checkpoints/last.ckpt and last.ckpt under it). "
+                "Give a run dir that has written a checkpoint, or a .ckpt file; to start a new run drop resume=."
+            )
+    elif not p.is_file():
+        raise CharLMError(f"resume={target}: no such run dir or checkpoint file; to start a new run drop resume=.")
+    p = p.resolve()
+    run_dir = p.parent.parent if p.parent.name == "checkpoints" else None
+    return p, run_dir
+
+
+def resume_run_dir(target: Any, default: str) -> str:
+    """OmegaConf resolver ``charlm.run_dir``: the run dir of ``resume=<target>`` (so Hydra writes
+    into the run being resumed instead of a new folder), else ``default``. Never raises: a bad
+    target is reported by :func:`prepare_resume`."""
+    if target in (None, "", "None", "null"):
+        return default
+    try:
+        _, run_dir = find_checkpoint(target)
+    except CharLMError:
+        return default
+    return str(run_dir) if run_dir is not None else default
+
+
+def _split_override(o: str) -> str:
+    key = o.split("=", 1)[0]
+    return key.lstrip("+~")
+
+
+def merge_overrides(*lists: list[str]) -> list[str]:
+    """Concatenate Hydra override lists, a later value of a key replacing an earlier one
+    (Hydra refuses two values for one key)."""
+    out: dict[str, str] = {}
+    for lst in lists:
+        for o in lst:
+            k = _split_override(o)
+            out.pop(k, None)
+            out[k] = o
+    return list(out.values())
+
+
+def current_overrides(cfg: DictConfig) -> list[str]:
+    """The command-line overrides of this run (``hydra.overrides.task``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return list(HydraConfig.get().overrides.task)
+    except Exception:  # pragma: no cover
+        pass
+    sel = OmegaConf.select(cfg, "hydra.overrides.task")
+    return list(sel) if sel is not None else []
+
+
+def run_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that define the run (without one invocation's ``resume=``, ``stop_after_steps=`` ...)."""
+    return [o for o in overrides if _split_override(o) not in TRANSIENT and not _split_override(o).startswith("hydra.")]
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from charlm.config import config_dir
+
+    if GlobalHydra.instance().is_initialized():
+        return compose("train", overrides=overrides)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: d}
+
+
+def _global_streams(c: dict) -> int:
+    t = c.get("trainer", {})
+    devices = t.get("devices", 1)
+    n = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, (list, tuple)) else 1)
+    return int(c["data"]["batch_size"]) * max(int(n), 1) * int(t.get("num_nodes", 1) or 1)
+
+
+def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """``(protected changes, extensions)`` between two resolved configs, as ``"key: a -> b"``."""
+    fo, fn = _flatten(old), _flatten(new)
+    changed, extended = [], []
+    for k in sorted(set(fo) | set(fn)):
+        a, b = fo.get(k, "<unset>"), fn.get(k, "<unset>")
+        if a == b:
+            continue
+        top = k.split(".")[0]
+        item = f"{k}: {a!r} -> {b!r}"
+        if k in EXTENDABLE:
+            extended.append(item)
+        elif top in PROTECTED and k not in DATA_FREE and not k.startswith("data.path") and not k.startswith("data.source"):
+            changed.append(item)
+        elif top == "trainer" and k.split(".", 1)[1] in PROTECTED_TRAINER:
+            changed.append(item)
+    go, gn = _global_streams(old), _global_streams(new)
+    if go != gn:
+        changed.append(
+            f"global streams (data.batch_size x devices x nodes): {go} -> {gn} "
+            "(to resume on another number of devices keep the product: e.g. 2 devices x 4 -> 1 device x 8)"
+        )
+    return changed, extended
+
+
+def _lr_factor(sched_cfg: dict | None, total: int, step: int) -> float | None:
+    """The schedule's LR multiplier at ``step`` for a run of ``total`` steps (step-interval
+    ``LambdaLR`` schedules only; ``None`` otherwise)."""
+    if not sched_cfg:
+        return None
+    from hydra.utils import instantiate
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        d = instantiate(sched_cfg)(opt, total_steps=total)
+    except Exception:  # pragma: no cover - a schedule we cannot evaluate offline
+        return None
+    if not d or d.get("interval") != "step" or not hasattr(d["scheduler"], "lr_lambdas"):
+        return None
+    return float(d["scheduler"].lr_lambdas[0](step))
+
+
+def describe_extension(old: dict, new: dict, step: int) -> str:
+    """What extending the run does to the learning-rate schedule (for the log)."""
+    to, tn = old["trainer"].get("max_steps", -1), new["trainer"].get("max_steps", -1)
+    msg = (
+        "the LR schedule is rebuilt for the new length (Trainer.estimated_stepping_batches); "
+        "the optimizer and scheduler step counts continue from the checkpoint."
+    )
+    if isinstance(to, int) and isinstance(tn, int) and to > 0 and tn > 0 and to != tn:
+        fa, fb = _lr_factor(new.get("scheduler"), to, step), _lr_factor(new.get("scheduler"), tn, step)
+        lr = (new.get("optimizer") or {}).get("lr")
+        if fa is not None and fb is not None and lr is not None:
+            msg += (
+                f" The schedule now spans {tn} steps instead of {to}: at step {step} the learning rate "
+                f"goes from {lr * fa:.3g} to {lr * fb:.3g} and follows the new curve from there."
+            )
+        else:
+            msg += f" It now spans {tn} steps instead of {to}."
+    return msg
+
+
+def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
+    """Turn a ``resume=<run dir or checkpoint>`` config into the config of the resumed run.
+
+    Returns ``(config, checkpoint path, run overrides)``: the run's own config (recomposed from
+    the overrides stored in the checkpoint, then this command line's overrides), its output dir
+    set to the original run dir and, with W&B, the original run id.
+
+    Raises:
+        CharLMError: no checkpoint found; a checkpoint without charlm run info; or a
+            hyper-parameter changed without ``allow_changes=true`` (the message lists them).
+    """
+    ckpt_path, run_dir = find_checkpoint(cfg.resume)
+    ckpt = load_checkpoint(ckpt_path)
+    run = ckpt.get("charlm_run")
+    if not run:
+        raise CharLMError(
+            f"{ckpt_path} has no run information (not written by charlm-train with resume support); "
+            f"continue from it with ckpt_path={ckpt_path} or start from its weights with init_from={ckpt_path}."
+        )
+    new_cli = current_overrides(cfg)
+    overrides = merge_overrides(list(run["overrides"]), run_overrides(new_cli))
+    new = _compose(merge_overrides(overrides, [o for o in new_cli if _split_override(o) in TRANSIENT]))
+    out_dir = str(run_dir) if run_dir is not None else str(cfg.paths.output_dir)
+    with open_dict(new):
+        new.paths.output_dir = out_dir
+        if "hydra" in new:
+            del new["hydra"]
+        if OmegaConf.select(new, "logger.wandb") is not None and run.get("wandb_id"):
+            new.logger.wandb.id = run["wandb_id"]
+            new.logger.wandb.resume = "allow"
+    old_resolved = dict(run["config"])
+    new_resolved = _resolved(new)
+    changed, extended = config_changes(old_resolved, new_resolved)
+    step = int(ckpt.get("global_step", 0))
+    if changed and not new.get("allow_changes", False):
+        raise CharLMError(
+            f"resume={cfg.resume}: these settings differ from the run's ({ckpt_path}):\n  "
+            + "\n  ".join(changed)
+            + "\nResume with the run's own settings (drop these overrides), start a new run from its weights "
+            f"with init_from={ckpt_path}, or pass allow_changes=true to continue with the new values "
+            "(the optimizer and LR-scheduler states, learning rate included, are still restored from the checkpoint; "
+            "everything else is used as configured)."
+        )
+    if changed:
+        log.warning("resuming with changed settings (allow_changes=true):\n  %s", "\n  ".join(changed))
+    if extended:
+        log.info("resuming with a new run length: %s; %s", "; ".join(extended), describe_extension(old_resolved, new_resolved, step))
+    log.info("resuming %s from %s (step %d)", out_dir, ckpt_path, step)
+    return new, ckpt_path, overrides
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(c, dict)
+    c.pop("hydra", None)
+    return c
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The ``global_step`` (optimizer steps done) of a checkpoint file (memory-mapped read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+
+
+def keep_csv_history(trainer: L.Trainer, step: int) -> None:
+    """Keep a resumed run's ``metrics.csv``: Lightning's ``CSVLogger`` deletes an existing file
+    when it starts, so the rows logged up to the checkpoint's ``step`` are put back (rows logged
+    after it, by a run killed before its next checkpoint, are dropped: those steps run again)."""
+    import csv
+    import io
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    for lg in trainer.loggers:
+        if not isinstance(lg, CSVLogger) or not trainer.is_global_zero:
+            continue
+        path = Path(lg.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        rows = list(csv.DictReader(io.StringIO(text)))
+        header = list(csv.DictReader(io.StringIO(text)).fieldnames or [])
+        writer = lg.experiment  # creating the writer deletes the file
+        keep = [r for r in rows if r.get("step") in (None, "") or int(float(r["step"])) < step]
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=header)
+            w.writeheader()
+            w.writerows(keep)
+        writer.metrics_keys = sorted(set(header))
+
+
+# ---------------------------------------------------------------------- init_from
+def load_initial_weights(module, path: str | Path) -> Path:
+    """``init_from=<checkpoint>``: copy a checkpoint's network weights into ``module`` (a new run
+    with its own optimizer and schedule).
+
+    Raises:
+        CharLMError: if the vocabularies differ (the message lists the characters only in one of
+            them; ids are never re-mapped) or the network shapes differ.
+    """
+    from charlm.checkpoint import load_checkpoint as _load
+
+    p = Path(str(path)).expanduser()
+    ckpt = _load(p)
+    entry = ckpt["charlm"]
+    old_vocab, new_vocab = list(entry["vocab"]), list(module.vocab)
+    if old_vocab != new_vocab:
+        only_old = sorted(set(old_vocab) - set(new_vocab))
+        only_new = sorted(set(new_vocab) - set(old_vocab))
+        raise CharLMError(
+            f"init_from={path}: the corpus's vocabulary differs from the checkpoint's "
+            f"({len(new_vocab)} vs {len(old_vocab)} characters); only in the checkpoint: {only_old!r}; "
+            f"only in this corpus: {only_new!r}"
+            + ("; same characters in another order" if not only_old and not only_new else "")
+            + ". init_from needs exactly the checkpoint's vocabulary (characters are never re-mapped): "
+            "use a corpus with the same characters."
+        )
+    prefix = "net."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        module.net.load_state_dict(state)
+    except RuntimeError as e:
+        raise CharLMError(
+            f"init_from={path}: the checkpoint's network {entry['model']} does not fit this model "
+            f"{module.net.config()}: {str(e).splitlines()[0]}. Use the checkpoint's model settings."
+        ) from None
+    log.info("initialised the weights from %s (new optimizer and schedule)", p)
+    return p
+
+
+# ---------------------------------------------------------------------- train state across ranks
+def gather_train_state(module: L.LightningModule, state) -> list[torch.Tensor] | None:
+    """Every rank's hidden state ``[num_layers, B, H]`` -> the global ``[num_layers, W*B, H]``
+    (CPU tensors, streams in global order: rank 0's first). A collective under DDP: every rank
+    calls it (Lightning dumps checkpoints on every rank; rank 0 writes)."""
+    if state is None:
+        return None
+    trainer = module._trainer
+    world = trainer.world_size if trainer is not None else 1
+    if world == 1:
+        return [s.detach().cpu().clone() for s in state]
+    out = []
+    for s in state:
+        g = module.all_gather(s.detach())  # [W, L, B, H]
+        w, layers, b, h = g.shape
+        out.append(g.permute(1, 0, 2, 3).reshape(layers, w * b, h).cpu())
+    return out
+
+
+def local_train_state(module: L.LightningModule, state: list[torch.Tensor] | None):
+    """This rank's streams of a global hidden state ``[num_layers, G, H]`` -> ``[num_layers, B, H]``.
+
+    Raises:
+        CharLMError: if ``G`` does not divide into the ranks.
+    """
+    if state is None:
+        return None
+    trainer = module.trainer
+    world, rank = trainer.world_size, trainer.global_rank
+    g = int(state[0].shape[1])
+    if g % world:
+        raise CharLMError(f"the checkpoint holds {g} streams, which do not divide into {world} devices")
+    b = g // world
+    return tuple(s[:, rank * b:(rank + 1) * b].to(module.device).contiguous() for s in state)
+
+
+def _rng_state() -> dict[str, Any]:
+    v, st, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": list(st),
+        "python_version": v,
+        "python_gauss": gauss,
+    }
+
+
+def gather_rng_states(module: L.LightningModule) -> dict[str, Any]:
+    """``{"world_size": W, "ranks": [rng of rank 0, ...]}`` (torch CPU, CUDA and python RNGs of
+    every rank; a collective under DDP)."""
+    trainer = module._trainer
+    world = trainer.world_size if trainer is not None else 1
+    mine = _rng_state()
+    if world == 1 or not torch.distributed.is_initialized():
+        return {"world_size": 1, "ranks": [mine]}
+    ranks: list[Any] = [None] * world
+    torch.distributed.all_gather_object(ranks, mine)
+    return {"world_size": world, "ranks": ranks}
+
+
+def restore_rng_states(module: L.LightningModule, rng: dict[str, Any] | None) -> None:
+    """Restore this rank's RNG states; on another number of devices every rank takes rank 0's
+    (the run continues, but dropout masks then differ from a run never stopped)."""
+    if not rng:
+        return
+    if "ranks" not in rng:  # checkpoint format 1: this rank's states only
+        rng = {"world_size": 1, "ranks": [rng]}
+    trainer = module._trainer
+    world = trainer.world_size if trainer is not None else 1
+    rank = trainer.global_rank if trainer is not None else 0
+    same = int(rng["world_size"]) == world
+    if not same:
+        log.warning(
+            "the checkpoint was written by %d process(es) and this run has %d: the RNG states (dropout) "
+            "of rank 0 are used on every rank, so dropout masks differ from a run never stopped",
+            rng["world_size"], world,
+        )
+    r = rng["ranks"][rank if same else 0]
+    torch.set_rng_state(r["torch"].cpu() if hasattr(r["torch"], "cpu") else r["torch"])
+    if r.get("cuda") and torch.cuda.is_available() and len(r["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in r["cuda"]])
+    random.setstate((r["python_version"], tuple(r["python"]), r["python_gauss"]))
+
+
+# ---------------------------------------------------------------------- callbacks
+class RunInfo(L.Callback):
+    """Stores ``{"config", "overrides", "wandb_id"}`` in every checkpoint as
+    ``checkpoint["charlm_run"]``: the resolved config, the Hydra overrides that compose it and
+    the W&B run id, which is all ``resume=`` needs besides the checkpoint."""
+
+    def __init__(self, config: dict, overrides: list[str]):
+        self.config = config
+        self.overrides = list(overrides)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        wandb_id = None
+        for lg in trainer.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                try:
+                    wandb_id = str(lg.version) if lg.version is not None else None
+                except Exception:  # pragma: no cover
+                    wandb_id = None
+        checkpoint["charlm_run"] = {"config": self.config, "overrides": self.overrides, "wandb_id": wandb_id}
+
+
+class StopControl(L.Callback):
+    """Stops training cleanly and writes ``last.ckpt`` at an optimizer-step boundary.
+
+    - ``stop_after_steps=N``: after ``N`` optimizer steps (the LR schedule still spans the
+      configured run, so the stopped run is a prefix of the full one).
+    - SIGINT (Ctrl-C) and SIGTERM (also what SLURM sends before a kill): the step in progress
+      finishes, ``last.ckpt`` is written, training stops. A second Ctrl-C aborts at once.
+    - The last step of the run (``trainer.max_steps``) writes ``last.ckpt`` at the same point,
+      so a run extended later continues exactly.
+
+    Checkpoints are written by ``last_checkpoint`` (:class:`~charlm.training.callbacks.LastCheckpoint`)
+    from ``on_train_batch_end``, like its periodic ones. Under DDP the ranks agree on stopping
+    (any rank signalled) before the collective save.
+    """
+
+    def __init__(self, stop_after_steps: int | None = None):
+        self.stop_after_steps = int(stop_after_steps) if stop_after_steps else None
+        self.signalled: str | None = None
+        self._old_sigint = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigint = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.signalled == "SIGINT":  # second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, self._old_sigint or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.signalled = "SIGINT"
+        log.warning("Ctrl-C: finishing this step, writing last.ckpt, then stopping (Ctrl-C again to abort at once)")
+
+    def _restore(self) -> None:
+        if self._old_sigint is not None:
+            try:
+                signal.signal(signal.SIGINT, self._old_sigint)
+            except ValueError:  # pragma: no cover - not the main thread
+                pass
+            self._old_sigint = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        reason = None
+        if self.signalled or trainer.received_sigterm:
+            reason = self.signalled or "SIGTERM"
+        elif self.stop_after_steps is not None and step >= self.stop_after_steps:
+            reason = f"stop_after_steps={self.stop_after_steps}"
+        final = trainer.max_steps is not None and trainer.max_steps > 0 and step >= trainer.max_steps
+        local = reason is not None
+        stop = trainer.strategy.reduce_boolean_decision(local, all=False) if trainer.world_size > 1 else local
+        if not stop and not final:
+            return
+        for cb in trainer.callbacks:
+            if type(cb).__name__ == "LastCheckpoint":
+                if cb._last_global_step_saved != step:
+                    cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
+                break
+        if stop:
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                log.warning(
+                    "stopped after step %d (%s); last.ckpt written. Continue with: charlm-train resume=%s",
+                    step, reason or "another rank was signalled", Path(trainer.default_root_dir),
+                )
+
+
+def check_multirun_ddp(cfg: DictConfig) -> None:
+    """Refuse a Hydra multirun whose jobs would launch DDP processes themselves.
+
+    Lightning's subprocess launcher re-runs the command line for every extra rank, which in a
+    multirun would start the whole sweep again. Jobs may use several devices when a launcher
+    starts one process per device (SLURM via ``hydra/launcher=submitit_slurm`` with
+    ``tasks_per_node`` = devices per node, or torchrun).
+
+    Raises:
+        CharLMError: in a multirun with more than one device per job and no external launcher.
+    """
+    from charlm.cli.common import is_multirun
+
+    if not is_multirun():
+        return
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    n = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, (list, tuple)) else 2)
+    nodes = int(OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1)
+    if n * nodes <= 1:
+        return
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect() or TorchElasticEnvironment.detect():
+        return
+    raise CharLMError(
+        f"this multirun's jobs use {n * nodes} devices each, but no launcher starts one process per device "
+        "(Lightning would re-run the whole sweep for every extra rank). Run the sweep with one device per job "
+        "(trainer.devices=1), or launch it on SLURM with hydra/launcher=submitit_slurm and "
+        "hydra.launcher.tasks_per_node=<devices per node> (see README, 'Resuming and scaling out')."
+    )
+
+
+__all__ = [
+    "RunInfo",
+    "StopControl",
+    "check_multirun_ddp",
+    "config_changes",
+    "find_checkpoint",
+    "gather_rng_states",
+    "gather_train_state",
+    "load_initial_weights",
+    "local_train_state",
+    "merge_overrides",
+    "prepare_resume",
+    "restore_rng_states",
+    "resume_run_dir",
+]
+
+

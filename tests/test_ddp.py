@@ -1,0 +1,122 @@
+"""Multi-process training on CPU (DDP, gloo): equivalence with one process, exact resume, and
+resume on another number of devices (issue 3). Real ``charlm-train`` processes: slow."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 20
+
+
+def run_train(run_dir: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cache = run_dir.parent.parent / "charlm-cache"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"), CHARLM_CACHE_DIR=str(cache))
+    cmd = [sys.executable, "-m", "charlm.cli.train", f"hydra.run.dir={run_dir}", *overrides]
+    p = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def base(corpus: Path, devices: int, batch: int, *extra: str) -> list[str]:
+    trainer = ["trainer=ddp_cpu", f"trainer.devices={devices}"] if devices > 1 else ["trainer=cpu"]
+    return trainer + [
+        f"data.path={corpus}",
+        f"data.batch_size={batch}",
+        "data.seq_len=16",
+        "data.splits=[0.9,0.1,0.0]",
+        "model.hidden_size=32",
+        "model.num_layers=1",
+        "model.dropout=0.0",
+        f"trainer.max_steps={STEPS}",
+        "trainer.val_check_interval=10",
+        "trainer.limit_val_batches=null",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_model_summary=false",
+        "callbacks.last_checkpoint.every_n_train_steps=5",
+        "callbacks.samples.length=0",
+        "~callbacks.rich_progress_bar",
+        "logger=csv",
+        *extra,
+    ]
+
+
+def metrics(run_dir: Path, key: str) -> dict[int, float]:
+    out = {}
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get(key):
+                out[int(row["step"])] = float(row[key])
+    return out
+
+
+def params(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def close(a: dict, b: dict, rtol=1e-4) -> bool:
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= rtol * abs(a[k]) + 1e-6 for k in a)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_data) -> Path:
+    p = tmp_path_factory.mktemp("ddp") / "tiny.txt"
+    p.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:8_000], encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def runs(corpus, tmp_path_factory):
+    """One process x 8 streams, and two processes x 4 streams, 20 steps each."""
+    root = tmp_path_factory.mktemp("ddp-runs")
+    single, ddp = root / "single", root / "ddp"
+    run_train(single, *base(corpus, 1, 8))
+    run_train(ddp, *base(corpus, 2, 4))
+    return root, single, ddp
+
+
+def test_two_processes_equal_one_with_twice_the_streams(runs):
+    root, single, ddp = runs
+    assert sorted(p.name for p in root.iterdir()) == ["ddp", "single"]  # no extra dirs per rank
+    ls, ld = metrics(single, "train/loss"), metrics(ddp, "train/loss")
+    assert len(ls) == STEPS and close(ls, ld), (ls, ld)
+    vs, vd = metrics(single, "val/loss"), metrics(ddp, "val/loss")
+    assert len(vs) == 2 and close(vs, vd, rtol=1e-5), (vs, vd)
+    assert (ddp / "checkpoints" / "last.ckpt").is_file()
+    ck = torch.load(ddp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["charlm"]["train_state"][0].shape == (1, 8, 32)  # every stream of both ranks
+    assert ck["charlm"]["rng"]["world_size"] == 2
+
+
+def test_ddp_stopped_and_resumed_on_2_1_and_2_devices(runs, corpus, tmp_path):
+    _, single, ddp = runs
+    cut = tmp_path / "cut"
+    run_train(cut, *base(corpus, 2, 4, "stop_after_steps=10"))
+    moved = tmp_path / "cut_to_1"
+    shutil.copytree(cut, moved)
+    # 2 -> 2: identical to the run never stopped
+    run_train(tmp_path / "x1", f"resume={cut}")
+    assert metrics(cut, "train/loss") == metrics(ddp, "train/loss")
+    for k, v in params(ddp).items():
+        assert torch.equal(v, params(cut)[k]), k
+    # 2 -> 1: the global streams (2 x 4) re-divided as 1 x 8
+    run_train(tmp_path / "x2", f"resume={moved}", "trainer=cpu", "trainer.devices=1", "data.batch_size=8")
+    assert close(metrics(moved, "train/loss"), metrics(single, "train/loss"))
+    # 1 -> 2
+    one = tmp_path / "one"
+    run_train(one, *base(corpus, 1, 8, "stop_after_steps=10"))
+    run_train(tmp_path / "x3", f"resume={one}", "trainer=ddp_cpu", "trainer.devices=2", "data.batch_size=4")
+    assert close(metrics(one, "train/loss"), metrics(ddp, "train/loss"))
+    for k, v in params(ddp).items():
+        assert torch.allclose(v, params(one)[k], rtol=1e-4, atol=1e-6), k
