@@ -17,6 +17,8 @@ FEATURES = {
     "line_position": "characters since the last newline",
     "bracket_depth": "nesting depth of ( [ {",
     "in_comment": "inside a comment (# or // to the end of the line, /* ... */)",
+    "word_position": "characters since the last space or newline",
+    "caps_line": "in a line whose letters so far are all capitals (speaker names in plays)",
 }
 
 
@@ -26,13 +28,18 @@ def text_features(text: str) -> dict[str, np.ndarray]:
     ``in_quotes`` is 1 from an opening ``"`` up to and including the closing one;
     ``line_position`` counts characters since the last newline (0 at the newline itself);
     ``bracket_depth`` is the number of open ``([{`` (never below 0); ``in_comment`` is 1 from
-    ``#`` or ``//`` to the end of the line and inside ``/* ... */``.
+    ``#`` or ``//`` to the end of the line and inside ``/* ... */``; ``word_position`` counts
+    characters since the last space or newline (0 at them); ``caps_line`` is 1 while the current
+    line has at least one letter and all its letters so far are capitals (0 at the newline).
     """
     n = len(text)
     quotes = np.zeros(n)
     pos = np.zeros(n)
     depth = np.zeros(n)
     comment = np.zeros(n)
+    word = np.zeros(n)
+    caps = np.zeros(n)
+    wcol, n_upper, n_lower = 0, 0, 0
     inq, col, d, line_c, block_start = False, 0, 0, False, -1
     for t, ch in enumerate(text):
         prev = text[t - 1] if t else ""
@@ -62,7 +69,15 @@ def text_features(text: str) -> dict[str, np.ndarray]:
         comment[t] = float(line_c or block_start >= 0)
         if block_start >= 0 and t > block_start + 1 and prev == "*" and ch == "/":
             block_start = -1
-    return {"in_quotes": quotes, "line_position": pos, "bracket_depth": depth, "in_comment": comment}
+        wcol = 0 if ch in " \n" else wcol + 1
+        word[t] = wcol
+        if ch == "\n":
+            n_upper = n_lower = 0
+        elif ch.isalpha():
+            n_upper += ch.isupper()
+            n_lower += not ch.isupper()
+        caps[t] = float(n_upper > 0 and n_lower == 0)
+    return {"in_quotes": quotes, "line_position": pos, "bracket_depth": depth, "in_comment": comment, "word_position": word, "caps_line": caps}
 
 
 def correlations(acts: np.ndarray, feature: np.ndarray) -> np.ndarray:
