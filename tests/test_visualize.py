@@ -302,12 +302,15 @@ def test_cells_page_in_chromium(browser, page):
     unit.send_keys("7")
     after = _backgrounds(drv)
     assert sum(a != b for a, b in zip(before, after)) > 100, "changing the cell re-shades the text"
-    ts = [0, 5, 123, 399]
-    shown = _values(drv, ts)
-    for t, v in zip(ts, shown):
+
+    def c_direct(t: int, layer: int, unit: int) -> float:
         with torch.no_grad():
-            _, (h, c) = net(ids[None, : t + 1])
-        assert float(v) == pytest.approx(float(c[1, 0, 7]), abs=1e-6), t
+            _, (h, c) = net(ids[None, : t + 1])  # PyTorch's nn.LSTM over the prefix
+        return float(c[layer, 0, unit])
+
+    ts = [0, 5, 123, 399]
+    for t, v in zip(ts, _values(drv, ts)):
+        assert float(v) == pytest.approx(c_direct(t, 1, 7), abs=1e-6), t
     with torch.no_grad():
         h42 = float(net(ids[None, :43])[1][0][0, 0, 3])
     assert drv.execute_script("return charlm.value(0, 'h', 3, 42)") == pytest.approx(h42, abs=1e-6)
@@ -338,6 +341,12 @@ def test_cells_page_in_chromium(browser, page):
     assert drv.find_element(By.ID, "unit").get_attribute("value") == b.get_attribute("data-unit")
     assert Select(drv.find_element(By.ID, "mode")).first_selected_option.get_attribute("value") == "cell"
     assert drv.find_element(By.CSS_SELECTOR, "img.sat").get_property("naturalWidth") > 100
+    assert _console_errors(drv) == []
+
+    # A link can preselect the cell.
+    drv.get((out / "cells.html").resolve().as_uri() + "#cell=1,c,9")
+    assert drv.find_element(By.ID, "unit").get_attribute("value") == "9"
+    assert float(_values(drv, [42])[0]) == pytest.approx(float(c_direct(42, 1, 9)), abs=1e-6)
     assert _console_errors(drv) == []
 
     shot = Image.open(io.BytesIO(drv.get_screenshot_as_png())).convert("RGB")

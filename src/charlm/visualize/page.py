@@ -6,7 +6,7 @@ inside W&B (``wandb.Html``).
 
 The cells page stores every state as little-endian float32 (base64), so the value a character
 shows is bit-for-bit the one the model computed; it is shaded on a diverging scale over [-1, 1]
-(values outside are clipped for the colour only).
+(the cell state ``c``, which is unbounded, as ``tanh(c)``, as in the paper's Fig. 2).
 """
 
 from __future__ import annotations
@@ -109,13 +109,15 @@ CELLS_JS = r"""
       } else {
         const v = value(c.layer, c.state, c.unit, t);
         sp.dataset.v = String(v);
-        sp.style.backgroundColor = diverging(v);
+        // c is unbounded: shaded as tanh(c), as in Karpathy, Johnson & Fei-Fei (2015), Fig. 2
+        sp.style.backgroundColor = diverging(c.state === "c" ? Math.tanh(v) : v);
       }
     }
     document.getElementById("legend-cell").style.display = c.mode === "loss" ? "none" : "";
     document.getElementById("legend-loss").style.display = c.mode === "loss" ? "" : "none";
     document.getElementById("current").textContent = c.mode === "loss"
-      ? "loss of the actual next character (nats)" : "layer " + c.layer + ", " + c.state + "[" + c.unit + "]";
+      ? "loss of the actual next character (nats)"
+      : "layer " + c.layer + ", " + (c.state === "c" ? "tanh(c[" + c.unit + "])" : "h[" + c.unit + "]");
   }
   function esc(ch) {
     return ch === "\n" ? "\\n" : ch === "\t" ? "\\t" : ch === " " ? "\u2423" : ch;
@@ -146,6 +148,16 @@ CELLS_JS = r"""
     b.addEventListener("click", function () { select(+b.dataset.layer, b.dataset.state, +b.dataset.unit); });
   });
   window.charlm = { value: value, select: select, shade: shade, T: T, H: H };
+  // A link can choose what is shown: cells.html#cell=1,c,37 or cells.html#mode=loss
+  function fromHash() {
+    const m = /cell=(\d+),([a-z]),(\d+)/.exec(location.hash);
+    if (m && +m[1] < D.num_layers && S[m[2]]) {
+      layerSel.value = m[1]; stateSel.value = m[2]; unitIn.value = m[3]; modeSel.value = "cell";
+    }
+    if (/mode=loss/.test(location.hash)) modeSel.value = "loss";
+  }
+  window.addEventListener("hashchange", function () { fromHash(); shade(); });
+  fromHash();
   shade();
   show(0);
 })();
