@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.checkpoint import load_checkpoint
 from charlm.cli.train import train
 from charlm.data.streams import split_bounds
 from charlm.data.vocab import Vocab
