@@ -285,7 +285,7 @@ def samples_page(samples: list[dict], title: str = "charlm: evolution of samples
             f'<div class="sample">{html.escape(r["text"])}</div></div>'
         )
     body = (
-        f"<h1>{html.escape(title)}</h1><div class=\"meta\">{len(items)} samples, from the same prime and seed "
+        f"<h1>{html.escape(title)}</h1><div class=\"meta\">{len(items)} samples, from the same prime "
         "at every validation (as in the blog's &ldquo;evolution of samples while training&rdquo;).</div>"
         + "".join(blocks)
     )

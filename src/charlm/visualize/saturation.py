@@ -31,7 +31,7 @@ def saturation_png(sat: dict[str, np.ndarray], title: str = "", low: float = 0.1
     from matplotlib.figure import Figure
 
     num_layers = next(iter(sat.values())).shape[0]
-    fig = Figure(figsize=(3.2 * num_layers, 3.4), dpi=100)
+    fig = Figure(figsize=(3.4 * num_layers, 3.8), dpi=100, layout="constrained")
     axes = fig.subplots(1, num_layers, squeeze=False)[0]
     for layer, ax in enumerate(axes):
         for g, a in sat.items():
@@ -48,7 +48,6 @@ def saturation_png(sat: dict[str, np.ndarray], title: str = "", low: float = 0.1
     axes[-1].legend(fontsize=7, loc="upper right")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
