@@ -1,0 +1,127 @@
+"""``charlm-visualize``: see what the network learned.
+
+    charlm-visualize ckpt=<run dir>/checkpoints/last.ckpt text=some.txt max_chars=2000
+    charlm-visualize ckpt=<...>.ckpt text='"Hello (world)", he said.'   # a literal text
+    charlm-visualize ckpt=<...>.ckpt                                     # a slice of the val split
+    charlm-visualize samples=<run dir>                                   # evolution of samples only
+
+Writes ``cells.html`` (the text shaded by any cell, next-character guesses, shading by loss,
+interpretable cells) and ``cells_gates.png`` (gate saturation) to ``out`` (default: the app's
+run dir), and ``samples.html`` when ``samples`` is given; prints each page's path on stdout.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from charlm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.cli.common import clean_errors, utf8_stdout
+from charlm.cli.sample import pick_device
+from charlm.config import config_dir
+from charlm.data.corpus import prepare_corpus
+from charlm.data.streams import split_bounds
+from charlm.errors import CharLMError
+from charlm.visualize.build import visualize_samples, visualize_text
+
+log = logging.getLogger("charlm.visualize")
+
+SPLITS = ("train", "val", "test")
+
+
+def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
+    """The text to show and a description of where it came from.
+
+    ``cfg.text`` is read as a file when such a file exists (with the checkpoint's encoding and
+    newline handling), else taken literally; when it is null, ``max_chars`` characters from
+    ``offset`` into split ``cfg.split`` of the checkpoint's training corpus.
+
+    Raises:
+        CharLMError: on a bad split, or a corpus that is not available here.
+    """
+    data = ckpt["charlm"].get("data") or {}
+    encoding = data.get("encoding", "utf-8")
+    newline = data.get("newline", "normalize")
+    text = cfg.get("text")
+    if text is not None:
+        text = str(text)
+        p = Path(text).expanduser()
+        if len(text) < 4096 and p.is_file():
+            raw = p.read_bytes().decode(encoding)
+            if raw.startswith("\ufeff"):
+                raw = raw[1:]
+            if newline == "normalize":
+                raw = raw.replace("\r\n", "\n").replace("\r", "\n")
+            return raw, str(p)
+        if cfg.get("escapes"):
+            text = text.encode("utf-8").decode("unicode_escape")
+        return text, "the given text"
+    split = str(cfg.split)
+    if split not in SPLITS:
+        raise CharLMError(f"split={split!r} must be train, val or test (or give text=<file or string>)")
+    source = data.get("source")
+    if not source or not Path(source).is_file():
+        raise CharLMError(
+            f"the checkpoint's training corpus {source!r} is not available here; give the text: "
+            "charlm-visualize ckpt=... text=<file or string>"
+        )
+    corpus = prepare_corpus(source, encoding, newline, cfg.paths.get("cache_dir"))
+    b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[SPLITS.index(split)]
+    offset = int(cfg.get("offset") or 0)
+    if offset < 0 or b + offset >= e:
+        raise CharLMError(f"offset={offset} is outside the {split} split ({e - b:,} characters)")
+    n = int(cfg.max_chars) if cfg.get("max_chars") is not None else e - b - offset
+    ids = corpus.ids[b + offset : min(e, b + offset + n)]
+    return corpus.vocab.decode(ids), f"{source} [{split}, from character {offset:,}]"
+
+
+def run(cfg: DictConfig) -> list[Path]:
+    """Write the pages ``cfg`` asks for; returns their paths (cells page first)."""
+    if not cfg.get("ckpt") and not cfg.get("samples"):
+        raise CharLMError(
+            "nothing to visualize: charlm-visualize ckpt=<run dir>/checkpoints/last.ckpt [text=<file or string>] "
+            "and/or samples=<run dir>"
+        )
+    out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.output_dir)
+    paths: list[Path] = []
+    if cfg.get("ckpt"):
+        ckpt = load_checkpoint(cfg.ckpt, map_location="cpu")
+        net, vocab = model_from_checkpoint(ckpt)
+        net.to(pick_device(str(cfg.device)))
+        text, source = resolve_text(cfg, ckpt)
+        res = visualize_text(
+            net, vocab, text, out, max_chars=cfg.get("max_chars"), top_k=int(cfg.top_k), subtitle=f"{cfg.ckpt} on {source}."
+        )
+        for e in res.cells:
+            if e["cells"]:
+                c = e["cells"][0]
+                log.info("%s: layer %d %s[%d], r=%+.2f", e["feature"], c["layer"], c["state"], c["unit"], c["r"])
+        paths.append(res.html_path)
+        if res.png_path is not None:
+            log.info("gate saturation: %s", res.png_path)
+        else:
+            log.info("no gate-saturation plot: a plain RNN has no gates")
+    if cfg.get("samples"):
+        path, _ = visualize_samples(cfg.samples, out)
+        paths.append(path)
+    for p in paths:
+        print(p)
+    return paths
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="visualize")
+@clean_errors
+def hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    utf8_stdout()
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
