@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 os.environ["CHARLM_DATA_DIR"] = str(SHARED_DATA)
+# Corpora are prepared into a cache of this test session (never into the repo's data/), set
+# before any fixture so module-scoped fixtures and subprocesses use it too.
+os.environ["CHARLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="charlm-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CHARLM_CACHE_DIR"], True)
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +36,6 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "tinyshakespeare" / "input.txt").is_file():
         pytest.fail(f"corpora not found at {SHARED_DATA}: set CHARLM_DATA_DIR to the shared data folder")
     return SHARED_DATA
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session prepares corpora into its own cache folder (never into the repo)."""
-    cache = tmp_path_factory.getbasetemp() / "charlm-cache"
-    monkeypatch.setenv("CHARLM_CACHE_DIR", str(cache))
-    return cache
 
 
 @pytest.fixture

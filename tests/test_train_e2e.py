@@ -15,7 +15,7 @@ from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.train import train
 from charlm.evaluation.evaluate import evaluate
 from charlm.sampling.sampler import sample
-from tests.conftest import FAST_TRAIN
+from conftest import FAST_TRAIN
 
 SHORT = FAST_TRAIN + [
     "model.hidden_size=128",
@@ -39,7 +39,7 @@ def run_cli(app: str, *args: str, env_extra: dict | None = None) -> subprocess.C
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Train once for the whole module: (output dir, final metrics)."""
-    from tests.conftest import compose_cfg
+    from conftest import compose_cfg
 
     out = tmp_path_factory.mktemp("run")
     cfg = compose_cfg("train", out, SHORT + ["seed=1"])

@@ -34,7 +34,7 @@ from charlm.visualize import (
     visualize_samples,
     visualize_text,
 )
-from tests.conftest import FAST_TRAIN, compose_cfg
+from conftest import FAST_TRAIN, compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
