@@ -25,9 +25,13 @@ def _wandb_offline() -> bool:
 
 
 def register_resolvers() -> None:
-    """Register ``${charlm.wandb_offline:}`` (idempotent)."""
+    """Register ``${charlm.wandb_offline:}`` and ``${charlm.job_dirname:num,overrides}`` (idempotent)."""
     if not OmegaConf.has_resolver("charlm.wandb_offline"):
         OmegaConf.register_new_resolver("charlm.wandb_offline", _wandb_offline)
+    if not OmegaConf.has_resolver("charlm.job_dirname"):
+        from charlm.sweeps import job_dirname
+
+        OmegaConf.register_new_resolver("charlm.job_dirname", job_dirname)
 
 
 register_resolvers()
