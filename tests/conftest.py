@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -57,7 +58,7 @@ def compose_cfg(config_name: str, output_dir: Path, overrides: list[str] | None 
     ``output_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides or []), return_hydra_config=True)
+        cfg = hydra_compose(config_name, overrides=list(overrides or []), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0
