@@ -35,6 +35,9 @@ def test_hparams_search_optuna_composes_and_instantiates(compose, tmp_path):
     assert str(cfg.hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
     assert set(sw.params) == {"optimizer.lr", "model.hidden_size", "model.dropout"}
     sweeper = instantiate(sw)
+    grid = compose("train", tmp_path, ["hparams_search=optuna_grid"]).hydra.sweeper
+    assert grid.sampler._target_.endswith("GridSampler") and grid.params is None
+    assert grid.storage == "sqlite:///./outputs/train/optuna/charlm-tinyshakespeare.db"
     assert type(sweeper).__name__ == "OptunaSweeper"
 
 

@@ -76,6 +76,7 @@ def test_optuna_search_three_trials_stored_in_sqlite_and_continued(tmp_path):
     db = tmp_path / "outputs" / "train" / "optuna" / "charlm-tinyshakespeare.db"
     assert db.is_file()
     study = optuna.load_study(study_name="charlm-tinyshakespeare", storage=f"sqlite:///{db}")
+    assert len(study.trials) == 3
     states = {t.params["optimizer.lr"]: t.state.name for t in study.trials}
     assert states == {1e-3: "COMPLETE", 3e-3: "COMPLETE", 1e30: "FAIL"}
     assert math.isfinite(study.best_value) and study.best_params["optimizer.lr"] in (1e-3, 3e-3)
