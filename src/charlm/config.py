@@ -31,11 +31,16 @@ def _run_dir(target, default: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``${charlm.wandb_offline:}`` and ``${charlm.run_dir:<resume>,<default>}`` (idempotent)."""
+    """Register ``${charlm.wandb_offline:}``, ``${charlm.run_dir:<resume>,<default>}`` and
+    ``${charlm.job_dirname:num,overrides}`` (idempotent)."""
     if not OmegaConf.has_resolver("charlm.wandb_offline"):
         OmegaConf.register_new_resolver("charlm.wandb_offline", _wandb_offline)
     if not OmegaConf.has_resolver("charlm.run_dir"):
         OmegaConf.register_new_resolver("charlm.run_dir", _run_dir)
+    if not OmegaConf.has_resolver("charlm.job_dirname"):
+        from charlm.sweeps import job_dirname
+
+        OmegaConf.register_new_resolver("charlm.job_dirname", job_dirname)
 
 
 register_resolvers()

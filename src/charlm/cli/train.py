@@ -24,6 +24,7 @@ from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model.module import CharLM
 from charlm.training import resume
+from charlm.sweeps import finish_wandb, name_wandb_run, objective
 
 log = logging.getLogger("charlm.train")
 
@@ -143,20 +144,16 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @clean_errors
 def hydra_main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the best ``val/bpc`` (the value a sweeper optimises)."""
-    metrics = train(cfg)
-    _finish_wandb()
-    return metrics.get("best/val_bpc", metrics.get("val/bpc"))
-
-
-def _finish_wandb() -> None:
+    """Hydra entry point; returns the best ``val/bpc`` (the value a sweeper optimises). The W&B
+    run is named/grouped by the job's overrides and sweep, and finished even when training fails
+    (see :mod:`charlm.sweeps`)."""
+    name_wandb_run(cfg)
+    metrics = None
     try:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-    except Exception:  # pragma: no cover - W&B absent or already closed
-        pass
+        metrics = train(cfg)
+    finally:
+        finish_wandb(metrics, failed=metrics is None)
+    return objective(metrics)
 
 
 def main() -> None:
