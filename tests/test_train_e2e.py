@@ -64,7 +64,7 @@ def test_run_dir_contents(trained):
     assert samples.count("### step=") == 4  # 2 validations x 2 temperatures
     rows = (out / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    for key in ("train/loss", "val/loss", "val/bpc", "val/ppl", "train/grad_norm", "train/tokens_per_sec"):
+    for key in ("train/loss", "val/loss", "val/bpc", "val/ppl", "train/grad_norm", "train/tokens_per_sec", "lr"):
         assert key in header, key
 
 

@@ -1,7 +1,8 @@
 """Learning-rate schedules, built from config with ``_partial_: true``.
 
 Each factory takes ``(optimizer, total_steps, **options)`` and returns a
-Lightning ``lr_scheduler`` config dict (or ``None`` for a constant rate); the LightningModule
+Lightning ``lr_scheduler`` config dict named ``lr`` (so ``LearningRateMonitor`` logs the
+rate as ``lr``); the LightningModule
 fills in ``total_steps`` (the Trainer's ``estimated_stepping_batches``).
 """
 
@@ -25,7 +26,7 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 100, min_lr_r
         progress = min(1.0, (step - warm) / max(1, total - warm))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return {"scheduler": LambdaLR(optimizer, factor), "interval": "step", "frequency": 1}
+    return {"scheduler": LambdaLR(optimizer, factor), "interval": "step", "frequency": 1, "name": "lr"}
 
 
 def charrnn_decay(optimizer, total_steps: int, decay_rate: float = 0.97, decay_after: int = 10):
@@ -35,16 +36,17 @@ def charrnn_decay(optimizer, total_steps: int, decay_rate: float = 0.97, decay_a
     def factor(epochs_done: int) -> float:
         return decay_rate ** max(0, epochs_done - decay_after + 1)
 
-    return {"scheduler": LambdaLR(optimizer, factor), "interval": "epoch", "frequency": 1}
+    return {"scheduler": LambdaLR(optimizer, factor), "interval": "epoch", "frequency": 1, "name": "lr"}
 
 
 def plateau(optimizer, total_steps: int, factor: float = 0.5, patience: int = 2, min_lr: float = 1e-6):
     """Multiply the learning rate by ``factor`` when ``val/loss`` has not improved for
     ``patience`` validations (``torch.optim.lr_scheduler.ReduceLROnPlateau``)."""
     sched = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lr)
-    return {"scheduler": sched, "interval": "epoch", "frequency": 1, "monitor": "val/loss", "strict": False}
+    return {"scheduler": sched, "interval": "epoch", "frequency": 1, "monitor": "val/loss", "strict": False, "name": "lr"}
 
 
 def constant(optimizer: torch.optim.Optimizer, total_steps: int):
-    """No schedule: the optimizer's learning rate throughout."""
-    return None
+    """No schedule: the optimizer's learning rate throughout (a constant factor of 1, so the
+    rate is still logged as ``lr``)."""
+    return {"scheduler": LambdaLR(optimizer, lambda step: 1.0), "interval": "step", "frequency": 1, "name": "lr"}
