@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--work", type=Path, help="scratch folder (synthetic corpus, run dirs); default a temp dir")
+    ap.add_argument("--size", help="training size HIDDEN,LAYERS,BATCH,SEQ (default 512,2,64,128; quick 32,1,4,16)")
+    ap.add_argument("--rounds", type=int, help="alternations of charlm and the plain loop (default 3; quick 2)")
     ap.add_argument("--corpus-mb", type=int, help="size of the synthetic corpus (default 1024; quick 4)")
     ap.add_argument("--quality-seconds", type=float, help="wall-clock training budget of the quality section")
     args = ap.parse_args(argv)
@@ -56,7 +58,12 @@ def main(argv: list[str] | None = None) -> dict:
     bad = [s for s in only if s not in SECTIONS]
     if bad:
         ap.error(f"unknown section(s) {bad}; choose from {SECTIONS}")
-    p = QUICK if args.quick else FULL
+    p = dict(QUICK if args.quick else FULL)
+    if args.size:
+        h, n_l, b, t = (int(v) for v in args.size.split(","))
+        p["size"] = {"hidden_size": h, "num_layers": n_l, "batch_size": b, "seq_len": t}
+    if args.rounds:
+        p["rounds"] = args.rounds
 
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
