@@ -1,7 +1,7 @@
 """Corpus preparation at scale: a synthetic UTF-8 corpus built from the shared corpora with
 multi-byte characters mixed in; preparation MB/s and peak RSS, then the time to start again
 from the cache. Each measurement runs in a fresh subprocess, so its peak RSS is its own
-(``ru_maxrss``; it includes the interpreter and numpy, ~30 MB).
+(``VmHWM``; it includes the interpreter with torch and lightning, which ``charlm.data`` imports).
 
 Worker: ``python -m benchmarks.corpus_bench {prep|start} FILE CACHE_DIR`` prints one JSON line.
 """
@@ -44,12 +44,17 @@ def make_corpus(path: Path, size_bytes: int) -> Path:
     return path
 
 
-def _rss_now() -> int:
-    """Current resident set size in bytes (``VmRSS``)."""
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` size field in bytes (``VmRSS`` now, ``VmHWM`` peak of this
+    process image; unlike ``ru_maxrss``, VmHWM does not carry the parent's peak across exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    return 0
+    return peak_rss_bytes()
+
+
+def _rss_now() -> int:
+    return _status("VmRSS")
 
 
 def _worker(mode: str, file: str, cache: str) -> dict:
@@ -70,7 +75,7 @@ def _worker(mode: str, file: str, cache: str) -> dict:
         for i in range(0, len(loader), max(len(loader) // 20, 1)):  # 20 batches spread over the file
             loader.batch(i)
         out["batch_seconds"] = (time.perf_counter() - t) / 20
-    out["peak_rss"] = peak_rss_bytes()
+    out["peak_rss"] = _status("VmHWM")
     out["import_rss"] = base
     return out
 

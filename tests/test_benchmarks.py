@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
 from charlm.model.rnn import CharRNN
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+# the benchmarks package lives at the repo root, next to src/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 @pytest.mark.slow
