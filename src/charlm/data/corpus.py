@@ -354,15 +354,17 @@ def _build_entry(source: Path, encoding: str, newline: str, sha: str, entry: Pat
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
     try:
-        ids = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=vocab.dtype, shape=(total,))
+        # Written through a plain file, not a writable memmap: dirty memmap pages count in this
+        # process's RSS (a 1 GB corpus made the peak RSS > 1 GB); file writes keep it ~chunks.
         pos = 0
-        for text in iter_decoded(source, encoding, newline, {}, chunk_bytes):
-            cps = _codepoints(text)
-            ids[pos : pos + cps.shape[0]] = lut[cps]
-            pos += cps.shape[0]
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(vocab.dtype)), "fortran_order": False, "shape": (total,)}
+        with open(tmp / "ids.npy", "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for text in iter_decoded(source, encoding, newline, {}, chunk_bytes):
+                cps = _codepoints(text)
+                f.write(lut[cps].tobytes())
+                pos += cps.shape[0]
         assert pos == total, (pos, total)
-        ids.flush()
-        del ids
         (tmp / "vocab.json").write_text(json.dumps(vocab.chars, ensure_ascii=True), encoding="utf-8")
         meta = {
             "version": CACHE_VERSION,
