@@ -1,7 +1,7 @@
 """Corpus preparation at scale: a synthetic UTF-8 corpus built from the shared corpora with
 multi-byte characters mixed in; preparation MB/s and peak RSS, then the time to start again
 from the cache. Each measurement runs in a fresh subprocess, so its peak RSS is its own
-(``VmHWM``; it includes the interpreter with torch and lightning, which ``charlm.data`` imports).
+(``VmHWM``; preparation imports only numpy, the start measurement also torch for the loader).
 
 Worker: ``python -m benchmarks.corpus_bench {prep|start} FILE CACHE_DIR`` prints one JSON line.
 """
@@ -59,7 +59,6 @@ def _rss_now() -> int:
 
 def _worker(mode: str, file: str, cache: str) -> dict:
     from charlm.data.corpus import prepare_corpus
-    from charlm.data.streams import BPTTLoader
 
     base = _rss_now()
     t = time.perf_counter()
@@ -68,6 +67,8 @@ def _worker(mode: str, file: str, cache: str) -> dict:
     out = {"seconds": secs, "num_chars": c.num_chars, "vocab_size": len(c.vocab), "dtype": str(c.ids.dtype)}
     if mode == "start":
         import numpy as np
+
+        from charlm.data.streams import BPTTLoader  # imports torch: only for the start measurement
 
         out["ids_is_memmap"] = isinstance(c.ids, np.memmap)
         t = time.perf_counter()

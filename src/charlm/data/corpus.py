@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charlm.data import utf8fast
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
 
@@ -332,8 +333,22 @@ def prepare_corpus(
 
 
 def _build_entry(source: Path, encoding: str, newline: str, sha: str, entry: Path, chunk_bytes: int) -> None:
-    """Count pass + id pass; writes the cache entry atomically (temporary folder, then rename)."""
-    stats: dict = {}
+    """Count pass + id pass; writes the cache entry atomically (temporary folder, then rename).
+
+    UTF-8 (the default) takes the byte-level fast path of :mod:`charlm.data.utf8fast`; every
+    other codec, and a file that is not valid UTF-8 (for the exact error offset), takes the
+    reference path through :func:`iter_decoded`. Both give identical entries.
+    """
+    if encoding == "utf-8":
+        try:
+            stats: dict = {}
+            cps, total = utf8fast.count_pass(source, newline, stats, chunk_bytes)
+            _write_entry(source, encoding, newline, sha, entry, cps, total, stats,
+                         lambda lut: utf8fast.iter_ids(source, newline, lut, chunk_bytes))
+            return
+        except utf8fast.InvalidUTF8:
+            pass  # the reference decoder below raises the error with its byte offset
+    stats = {}
     counts = np.zeros(0, dtype=np.int64)
     for text in iter_decoded(source, encoding, newline, stats, chunk_bytes):
         c = np.bincount(_codepoints(text))
@@ -342,13 +357,19 @@ def _build_entry(source: Path, encoding: str, newline: str, sha: str, entry: Pat
             counts = c
         else:
             counts[: c.shape[0]] += c
-    total = int(counts.sum())
+    _write_entry(source, encoding, newline, sha, entry, np.flatnonzero(counts), int(counts.sum()), stats,
+                 lambda lut: (lut[_codepoints(text)] for text in iter_decoded(source, encoding, newline, {}, chunk_bytes)))
+
+
+def _write_entry(source: Path, encoding: str, newline: str, sha: str, entry: Path, codepoints: np.ndarray,
+                 total: int, stats: dict, iter_ids) -> None:
+    """Write ``ids.npy`` (from ``iter_ids(lut)``, chunks of ids), ``vocab.json``, ``meta.json``."""
     if total == 0:
         raise CharLMError(
             f"input is empty: {source} has no characters after decoding"
             f"{' (only a byte-order mark)' if stats['bom_removed'] else ''}; give a text file with some text."
         )
-    vocab = Vocab.from_codepoints(np.flatnonzero(counts))
+    vocab = Vocab.from_codepoints(codepoints)
     lut = vocab.lookup_table()
 
     entry.parent.mkdir(parents=True, exist_ok=True)
@@ -360,10 +381,9 @@ def _build_entry(source: Path, encoding: str, newline: str, sha: str, entry: Pat
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(vocab.dtype)), "fortran_order": False, "shape": (total,)}
         with open(tmp / "ids.npy", "wb") as f:
             np.lib.format.write_array_header_1_0(f, header)
-            for text in iter_decoded(source, encoding, newline, {}, chunk_bytes):
-                cps = _codepoints(text)
-                f.write(lut[cps].tobytes())
-                pos += cps.shape[0]
+            for ids in iter_ids(lut):
+                f.write(ids.tobytes())
+                pos += ids.shape[0]
         assert pos == total, (pos, total)
         (tmp / "vocab.json").write_text(json.dumps(vocab.chars, ensure_ascii=True), encoding="utf-8")
         meta = {
