@@ -8,7 +8,11 @@ the whole text):
 2. count pass: decode (strict), drop a byte-order mark, normalise line endings, and count every
    code point with ``np.bincount``; the vocabulary is the sorted set of code points seen;
 3. id pass: decode again and map code points to ids with one lookup-table gather per chunk,
-   writing into a memory-mapped ``ids.npy`` of the smallest unsigned dtype that fits.
+   writing ``ids.npy`` of the smallest unsigned dtype that fits.
+
+UTF-8, the default, takes a byte-level fast path (:mod:`charlm.data.utf8fast`: ~5x faster, same
+ids, vocabulary, counts and errors) whose count pass also computes the sha256, so the file is
+read twice instead of three times. Other codecs take the reference path above.
 
 The cache entry (``ids.npy``, ``vocab.json``, ``meta.json``) is written to a temporary folder
 and renamed into place, so a killed preparation never leaves a half-written cache. A small
@@ -315,11 +319,23 @@ def prepare_corpus(
     except (OSError, ValueError, KeyError):
         pass
 
-    sha = file_sha256(source, chunk_bytes)
+    # UTF-8: the hash is computed during the fast count pass (in a helper thread), saving a read
+    # of the file; that pass is wasted only when the same content is already cached under
+    # another path or mtime. Other codecs, or invalid UTF-8: hash pass, then the reference path.
+    counted = None
+    if encoding == "utf-8":
+        h = hashlib.sha256()
+        stats: dict = {}
+        try:
+            cps, total = utf8fast.count_pass(source, newline, stats, chunk_bytes, hasher=h)
+            counted = (cps, total, stats)
+        except utf8fast.InvalidUTF8:
+            pass
+    sha = h.hexdigest() if counted is not None else file_sha256(source, chunk_bytes)
     entry = _entry_dir(cache_root, sha, encoding, newline)
     prepared = _load_entry(entry, source)
     if prepared is None:
-        _build_entry(source, encoding, newline, sha, entry, chunk_bytes)
+        _build_entry(source, encoding, newline, sha, entry, chunk_bytes, counted)
         prepared = _load_entry(entry, source)
         assert prepared is not None
     try:
@@ -332,17 +348,22 @@ def prepare_corpus(
     return prepared
 
 
-def _build_entry(source: Path, encoding: str, newline: str, sha: str, entry: Path, chunk_bytes: int) -> None:
+def _build_entry(
+    source: Path, encoding: str, newline: str, sha: str, entry: Path, chunk_bytes: int, counted: tuple | None = None
+) -> None:
     """Count pass + id pass; writes the cache entry atomically (temporary folder, then rename).
 
     UTF-8 (the default) takes the byte-level fast path of :mod:`charlm.data.utf8fast`; every
     other codec, and a file that is not valid UTF-8 (for the exact error offset), takes the
-    reference path through :func:`iter_decoded`. Both give identical entries.
+    reference path through :func:`iter_decoded`. Both give identical entries. ``counted``:
+    ``(codepoints, total, stats)`` of a UTF-8 count pass already done.
     """
     if encoding == "utf-8":
         try:
-            stats: dict = {}
-            cps, total = utf8fast.count_pass(source, newline, stats, chunk_bytes)
+            if counted is None:
+                stats: dict = {}
+                counted = (*utf8fast.count_pass(source, newline, stats, chunk_bytes), stats)
+            cps, total, stats = counted
             _write_entry(source, encoding, newline, sha, entry, cps, total, stats,
                          lambda lut: utf8fast.iter_ids(source, newline, lut, chunk_bytes))
             return

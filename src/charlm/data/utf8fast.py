@@ -21,6 +21,7 @@ which reports the exact byte offset (the same message as before).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,22 @@ def _incomplete_tail(buf: bytes) -> int:
     return 0  # only continuation bytes: complete or invalid, the decode decides
 
 
+_HIGH_BITS = np.uint64(0x8080808080808080)
+
+
+def _non_ascii_positions(b: np.ndarray) -> np.ndarray:
+    """``[m]`` int64 positions of the bytes >= 0x80 of ``b`` (uint8): scans 8 bytes per word,
+    then looks only inside the words that have one (non-ASCII text is sparse in most corpora)."""
+    n8 = b.shape[0] // 8 * 8
+    words = np.flatnonzero(b[:n8].view(np.uint64) & _HIGH_BITS)
+    inside = b[:n8].reshape(-1, 8)[words] >= 0x80  # [w, 8]
+    w, j = np.nonzero(inside)
+    pos = words[w] * 8 + j
+    if n8 < b.shape[0]:
+        pos = np.concatenate([pos, n8 + np.flatnonzero(b[n8:] >= 0x80)])
+    return pos
+
+
 class Chunk:
     """One validated, BOM-stripped, newline-normalised chunk of UTF-8 bytes.
 
@@ -68,7 +85,7 @@ class Chunk:
             self.cps = np.zeros(0, np.uint32)
             return
         b = np.frombuffer(raw, np.uint8)
-        na = np.flatnonzero(b >= 0x80)
+        na = _non_ascii_positions(b)
         # one ASCII separator after each non-ASCII run keeps the runs apart
         nxt = na + 1
         nxt = nxt[nxt < b.shape[0]]
@@ -95,10 +112,33 @@ class Chunk:
         return self.na_idx[self.lead] - conts_before[self.lead]
 
 
-def iter_chunks(path: Path, newline: str, stats: dict, chunk_bytes: int) -> Iterator[Chunk]:
+def _read(path: Path, chunk_bytes: int, hasher=None) -> Iterator[bytes]:
+    """The raw chunks of ``path``, then ``b""``; feeds ``hasher`` in a helper thread."""
+    pool = ThreadPoolExecutor(1) if hasher is not None else None
+    hashing = None
+    try:
+        with open(path, "rb") as f:
+            while True:
+                raw = f.read(chunk_bytes)
+                if pool is not None:
+                    if hashing is not None:
+                        hashing.result()  # updates stay in file order
+                    hashing = pool.submit(hasher.update, raw)
+                yield raw
+                if not raw:
+                    return
+    finally:
+        if pool is not None:
+            if hashing is not None:
+                hashing.result()
+            pool.shutdown()
+
+
+def iter_chunks(path: Path, newline: str, stats: dict, chunk_bytes: int, hasher=None) -> Iterator[Chunk]:
     """Yield :class:`Chunk` s of ``path``, like :func:`charlm.data.corpus.iter_decoded` yields text.
 
-    Fills ``stats`` with ``newline_replacements`` and ``bom_removed``.
+    Fills ``stats`` with ``newline_replacements`` and ``bom_removed``. ``hasher.update`` is fed
+    the raw bytes in a helper thread (hashlib releases the GIL), overlapping the numpy work.
 
     Raises:
         InvalidUTF8: if the file is not valid UTF-8.
@@ -108,60 +148,64 @@ def iter_chunks(path: Path, newline: str, stats: dict, chunk_bytes: int) -> Iter
     pending = b""  # an incomplete multi-byte sequence held back for the next chunk
     carry = b""  # a trailing "\r" held back in case the next chunk starts with "\n"
     first = True
-    with open(path, "rb") as f:
-        while True:
-            raw = f.read(chunk_bytes)
-            final = not raw
-            buf = pending + raw if pending else raw
-            if first:
-                if len(buf) < 3 and not final and BOM.startswith(buf):
-                    pending = buf  # could still be a BOM: wait for more bytes
-                    continue
-                first = False
-                if buf.startswith(BOM):
-                    buf = buf[3:]
-                    stats["bom_removed"] = True
-            if final:
-                pending = b""
+    for raw in _read(path, chunk_bytes, hasher):
+        final = not raw
+        buf = pending + raw if pending else raw
+        if first:
+            if len(buf) < 3 and not final and BOM.startswith(buf):
+                pending = buf  # could still be a BOM: wait for more bytes
+                continue
+            first = False
+            if buf.startswith(BOM):
+                buf = buf[3:]
+                stats["bom_removed"] = True
+        if final:
+            pending = b""
+        else:
+            k = _incomplete_tail(buf)
+            if k:
+                buf, pending = buf[:-k], buf[-k:]
             else:
-                k = _incomplete_tail(buf)
-                if k:
-                    buf, pending = buf[:-k], buf[-k:]
-                else:
-                    pending = b""
-            if newline == "normalize":
-                if carry:
-                    buf = carry + buf
-                    carry = b""
-                if not final and buf.endswith(b"\r"):
-                    buf, carry = buf[:-1], b"\r"
-                if b"\r" in buf:
-                    crlf = buf.count(b"\r\n")
-                    buf = buf.replace(b"\r\n", b"\n")
-                    cr = buf.count(b"\r")
-                    buf = buf.replace(b"\r", b"\n")
-                    stats["newline_replacements"] += crlf + cr
-            if buf:
-                yield Chunk(buf)  # an undecodable final pending tail raises here
-            if final:
-                return
+                pending = b""
+        if newline == "normalize":
+            if carry:
+                buf = carry + buf
+                carry = b""
+            if not final and buf.endswith(b"\r"):
+                buf, carry = buf[:-1], b"\r"
+            if b"\r" in buf:
+                crlf = buf.count(b"\r\n")
+                buf = buf.replace(b"\r\n", b"\n")
+                cr = buf.count(b"\r")
+                buf = buf.replace(b"\r", b"\n")
+                stats["newline_replacements"] += crlf + cr
+        if buf:
+            yield Chunk(buf)  # an undecodable final pending tail raises here
+        if final:
+            return
 
 
-def count_pass(path: Path, newline: str, stats: dict, chunk_bytes: int) -> tuple[np.ndarray, int]:
-    """Sorted ``[V]`` uint32 code points present in ``path`` and the number of characters."""
-    ascii_seen = np.zeros(128, bool)
-    delete = NON_ASCII
+def count_pass(path: Path, newline: str, stats: dict, chunk_bytes: int, hasher=None) -> tuple[np.ndarray, int]:
+    """Sorted ``[V]`` uint32 code points present in ``path`` and the number of characters.
+
+    ``hasher`` (e.g. ``hashlib.sha256()``), when given, is updated with the file's raw bytes.
+
+    Raises:
+        InvalidUTF8: if the file is not valid UTF-8.
+    """
+    ascii_seen = np.zeros(256, bool)
+    ascii_seen[0x80:] = True  # non-ASCII bytes are accounted for by ``cps``
+    flag = np.where(ascii_seen, 0, 0x80).astype(np.uint8).tobytes()  # byte -> 0x80 if not seen yet
     non_ascii: set[int] = set()
     total = 0
-    for ch in iter_chunks(path, newline, stats, chunk_bytes):
+    for ch in iter_chunks(path, newline, stats, chunk_bytes, hasher):
         total += ch.num_chars
-        rest = ch.raw.translate(None, delete)  # ASCII bytes not seen before
-        if rest:
-            ascii_seen[np.flatnonzero(np.bincount(np.frombuffer(rest, np.uint8), minlength=128))] = True
-            delete = bytes(np.flatnonzero(ascii_seen).astype(np.uint8).tobytes()) + NON_ASCII
+        if not ch.raw.translate(flag).isascii():  # some ASCII byte not seen before
+            ascii_seen |= np.bincount(np.frombuffer(ch.raw, np.uint8), minlength=256) > 0
+            flag = np.where(ascii_seen, 0, 0x80).astype(np.uint8).tobytes()
         if ch.cps.shape[0]:
             non_ascii.update(np.unique(ch.cps).tolist())
-    cps = np.concatenate([np.flatnonzero(ascii_seen), np.array(sorted(non_ascii), dtype=np.int64)])
+    cps = np.concatenate([np.flatnonzero(ascii_seen[:0x80]), np.array(sorted(non_ascii), dtype=np.int64)])
     return cps.astype(np.uint32), total
 
 
