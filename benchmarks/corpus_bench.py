@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, data_dir, peak_rss_bytes
+# Not ``benchmarks.common``: it imports torch, which the preparing worker must not pay for.
+REPO = Path(__file__).resolve().parents[1]
 
 #: Lines of multi-byte text mixed into the synthetic corpus (2, 3 and 4 UTF-8 bytes per char).
 MULTIBYTE = "Café déjà vu — “naïve” façade, Straße, Ελληνικά, русский, 日本語の文章, 한국어, emoji 😀🎭📜, € £ ¥\n"
@@ -26,6 +27,8 @@ def make_corpus(path: Path, size_bytes: int) -> Path:
     multi-byte line after every 200 lines, repeated. Reused when it already has that size."""
     if path.is_file() and abs(path.stat().st_size - size_bytes) < (8 << 20) and path.stat().st_size >= size_bytes:
         return path
+    from benchmarks.common import data_dir
+
     parts = []
     for rel in ("tinyshakespeare/input.txt", "warpeace/input.txt", "names/names.txt"):
         f = data_dir() / rel
@@ -50,7 +53,9 @@ def _status(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    return peak_rss_bytes()
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _rss_now() -> int:

