@@ -89,13 +89,10 @@ class Chunk:
             return
         b = np.frombuffer(raw, np.uint8)
         na = _non_ascii_positions(b)
-        # one ASCII separator after each non-ASCII run keeps the runs apart
-        nxt = na + 1
-        nxt = nxt[nxt < b.shape[0]]
-        nxt = nxt[b[nxt] < 0x80]
-        sel = np.sort(np.concatenate([na, nxt]))
+        # one ASCII separator (a space) after each non-ASCII run keeps the runs apart
+        run_ends = np.flatnonzero(np.diff(na) != 1) + 1
         try:
-            text = b[sel].tobytes().decode("utf-8")
+            text = np.insert(b[na], run_ends, 0x20).tobytes().decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidUTF8 from None
         cps = np.frombuffer(text.encode("utf-32-le"), "<u4")
@@ -199,16 +196,15 @@ def count_pass(path: Path, newline: str, stats: dict, chunk_bytes: int, hasher=N
     ascii_seen = np.zeros(256, bool)
     ascii_seen[0x80:] = True  # non-ASCII bytes are accounted for by ``cps``
     flag = np.where(ascii_seen, 0, 0x80).astype(np.uint8).tobytes()  # byte -> 0x80 if not seen yet
-    non_ascii: set[int] = set()
+    non_ascii = np.zeros(0x110000, bool)  # seen non-ASCII code points
     total = 0
     for ch in iter_chunks(path, newline, stats, chunk_bytes, hasher):
         total += ch.num_chars
         if not ch.raw.translate(flag).isascii():  # some ASCII byte not seen before
             ascii_seen |= np.bincount(np.frombuffer(ch.raw, np.uint8), minlength=256) > 0
             flag = np.where(ascii_seen, 0, 0x80).astype(np.uint8).tobytes()
-        if ch.cps.shape[0]:
-            non_ascii.update(np.unique(ch.cps).tolist())
-    cps = np.concatenate([np.flatnonzero(ascii_seen[:0x80]), np.array(sorted(non_ascii), dtype=np.int64)])
+        non_ascii[ch.cps] = True
+    cps = np.concatenate([np.flatnonzero(ascii_seen[:0x80]), np.flatnonzero(non_ascii)])
     return cps.astype(np.uint32), total
 
 
