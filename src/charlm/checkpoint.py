@@ -14,6 +14,7 @@ import io
 import os
 import pickle
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,17 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from charlm.errors import CharLMError
 
 
+#: TEST HOOK, not a setting: when this environment variable holds a number of seconds,
+#: :func:`atomic_torch_save` writes half of the temporary file, then sleeps that long before
+#: writing the rest and renaming it. Tests use it to SIGKILL a real training process in the
+#: middle of a checkpoint write deterministically (tests/test_faults.py). Unset in normal use.
+TEST_PAUSE_ENV = "CHARLM_TEST_PAUSE_IN_CHECKPOINT_WRITE"
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically: temporary file, ``fsync``, ``os.replace``."""
+    """``torch.save`` to ``path`` atomically: temporary file ``.<name>.<random>.tmp`` in the
+    same folder, ``fsync``, ``os.replace``. A process killed before the rename leaves ``path``
+    as it was (a stale ``.tmp`` file may remain and can be deleted)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -33,7 +43,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.getbuffer())
+            data = buf.getbuffer()
+            pause = float(os.environ.get(TEST_PAUSE_ENV) or 0)
+            if pause > 0:  # test hook only (see TEST_PAUSE_ENV): stop half-way through the write
+                half = len(data) // 2
+                f.write(data[:half])
+                f.flush()
+                time.sleep(pause)
+                data = data[half:]
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -8,7 +8,7 @@ the whole text):
 2. count pass: decode (strict), drop a byte-order mark, normalise line endings, and count every
    code point with ``np.bincount``; the vocabulary is the sorted set of code points seen;
 3. id pass: decode again and map code points to ids with one lookup-table gather per chunk,
-   writing into a memory-mapped ``ids.npy`` of the smallest unsigned dtype that fits.
+   appending to ``ids.npy`` (the smallest unsigned dtype that fits), read back as a memory map.
 
 The cache entry (``ids.npy``, ``vocab.json``, ``meta.json``) is written to a temporary folder
 and renamed into place, so a killed preparation never leaves a half-written cache. A small
@@ -354,15 +354,17 @@ def _build_entry(source: Path, encoding: str, newline: str, sha: str, entry: Pat
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
     try:
-        ids = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=vocab.dtype, shape=(total,))
+        # Written with plain file writes, chunk by chunk (not through a writable memory map,
+        # whose dirty pages would all stay resident in this process until it is unmapped).
         pos = 0
-        for text in iter_decoded(source, encoding, newline, {}, chunk_bytes):
-            cps = _codepoints(text)
-            ids[pos : pos + cps.shape[0]] = lut[cps]
-            pos += cps.shape[0]
+        with open(tmp / "ids.npy", "wb") as f:
+            header = {"descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False, "shape": (total,)}
+            np.lib.format.write_array_header_2_0(f, header)
+            for text in iter_decoded(source, encoding, newline, {}, chunk_bytes):
+                chunk = lut[_codepoints(text)]
+                f.write(chunk.tobytes())
+                pos += chunk.shape[0]
         assert pos == total, (pos, total)
-        ids.flush()
-        del ids
         (tmp / "vocab.json").write_text(json.dumps(vocab.chars, ensure_ascii=True), encoding="utf-8")
         meta = {
             "version": CACHE_VERSION,
