@@ -15,7 +15,6 @@ import os
 import pickle
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +99,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # a damaged pickle, not a refused one
+            raise CharLMError(f"{path} is not a readable checkpoint (truncated or damaged: {str(e)[:200]}).") from None
         raise CharLMError(
             f"refused to load {path}: it is not a plain checkpoint (its pickle asks for code or objects "
             f"that a weights-only load does not allow: {str(e).splitlines()[0][:200]}). Only load checkpoints you trust."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CharLMError(f"{path} is not a readable checkpoint (truncated or not a checkpoint file: {str(e)[:200]}).") from None
+    except Exception as e:  # torch.load fails in many ways on a damaged or foreign file (RuntimeError, EOFError, IndexError, ...)
+        raise CharLMError(
+            f"{path} is not a readable checkpoint (truncated or not a checkpoint file: {type(e).__name__}: {str(e)[:200]}). "
+            "Use another checkpoint (the run's best-k ones, or an earlier last.ckpt)."
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CharLMError(f"{path} is not a Lightning checkpoint (no state_dict).")
     if "charlm" not in ckpt:
