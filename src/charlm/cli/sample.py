@@ -3,7 +3,8 @@
     charlm-sample ckpt=outputs/train/runs/<run>/checkpoints/last.ckpt prime="ROMEO:" length=500 \
         temperature=0.8 top_k=null num_samples=3 seed=1
 
-``length`` counts new characters; ``temperature=0`` is greedy. Output is UTF-8 on stdout (one
+Non-ASCII primes work unquoted (``prime=Привет``, see :func:`charlm.cli.common.quote_unicode_overrides`);
+``prime_file=<UTF-8 file>`` takes any text without quoting. ``length`` counts new characters; ``temperature=0`` is greedy. Output is UTF-8 on stdout (one
 sample after another, separated by a blank line when ``num_samples > 1``) and is also saved to
 ``samples.txt`` in the app's output dir.
 """
