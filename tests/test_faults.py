@@ -499,6 +499,7 @@ def test_wandb_gives_one_run_under_ddp_and_one_finished_run_per_multirun_job(tmp
 
 
 # ================================================================================== Faults and security
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_last_ckpt_resumable(tmp_path, small_corpus):
     """Deterministic: the test hook ``CHARLM_TEST_PAUSE_IN_CHECKPOINT_WRITE`` makes every
     checkpoint write stop half-way through its temporary file; the process is SIGKILLed there."""
@@ -586,9 +587,10 @@ def test_checkpoint_whose_pickle_runs_code_is_refused_and_the_code_never_runs(tm
 
 _PREPARE = """
 import resource, sys
-from charlm.data.corpus import prepare_corpus
+from charlm.data.corpus import prepare_corpus  # imports torch: a baseline of a few hundred MB
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 c = prepare_corpus(sys.argv[1])
-print(c.num_chars, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, c.cache_dir)
+print(c.num_chars, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, c.cache_dir)
 """
 
 _EVALUATE = """
@@ -600,16 +602,18 @@ torch.manual_seed(0)
 ids = np.load(sys.argv[1], mmap_mode="r")
 n = int(sys.argv[2])
 net = CharRNN(vocab_size=int(ids[:1_000_000].max()) + 1, hidden_size=4, num_layers=1)
-r = evaluate(net, ids[:n], batch_size=4096, seq_len=256)
-print(r["chars"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+r = evaluate(net, ids[:n], batch_size=1024, seq_len=128)
+print(r["chars"], base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
 @pytest.mark.slow
 def test_preparing_a_large_corpus_and_evaluating_a_100mb_split_keep_memory_bounded(tmp_path, shakespeare_path):
-    """Peak RSS of real processes: preparing a 200 MB corpus stays under 0.5 GB (a 1 GB corpus is
-    prepared the same way, chunk by chunk); evaluating a 100 MB split (100 M uint8 ids, memory
-    mapped) stays far below its size as int64 (800 MB)."""
+    """Peak RSS of real processes, measured above the baseline after imports (torch alone is
+    ~400 MB): preparing a 200 MB corpus grows it by less than one copy of the text (a 1 GB corpus
+    is prepared the same way, chunk by chunk; not run here, for time); evaluating a 100 MB split
+    (100 M uint8 ids, memory mapped) grows it far less than the split as int64 (800 MB)."""
     big = tmp_path / "big.txt"
     block = shakespeare_path.read_bytes()
     with open(big, "wb") as f:
@@ -618,12 +622,16 @@ def test_preparing_a_large_corpus_and_evaluating_a_100mb_split_keep_memory_bound
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"), CHARLM_CACHE_DIR=str(tmp_path / "cache"))
     p = subprocess.run([sys.executable, "-c", _PREPARE, str(big)], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    n, rss, cache = p.stdout.split()
-    assert int(n) >= 200_000_000 and int(rss) < 500e6, f"preparing peaked at {int(rss) / 1e6:.0f} MB"
+    n, base, peak, cache = p.stdout.split()
+    n, grew = int(n), int(peak) - int(base)
+    # less than one copy of the text: bytes, str and ids of the whole corpus would each be >= 200 MB
+    assert n >= 200_000_000 and grew < 200e6, f"preparing grew the peak RSS by {grew / 1e6:.0f} MB"
     big.unlink()
     p = subprocess.run([sys.executable, "-c", _EVALUATE, str(Path(cache) / "ids.npy"), "100000000"], capture_output=True,
                        text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    chars, rss = map(int, p.stdout.split())
+    chars, base, peak = map(int, p.stdout.split())
     assert chars == 100_000_000 - 1
-    assert rss < 400e6, f"evaluating 100 MB peaked at {rss / 1e6:.0f} MB"
+    # 100 M ids as int64 would be 800 MB; the growth is the memory-mapped pages read (<= 100 MB,
+    # reclaimable page cache) plus one window's activations
+    assert peak - base < 250e6, f"evaluating 100 MB grew the peak RSS by {(peak - base) / 1e6:.0f} MB"
