@@ -159,14 +159,17 @@ def test_mixed_script_utf8_trains_and_samples_as_utf8_under_c_locale(tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode("utf-8").startswith("😀 cafe\u0301")
     # backslash escapes keep non-Latin-1 characters intact
-    r = cli("sample", f"ckpt={ckpt_of(out)}", "prime='κόσμε\\n'", "escapes=true", "length=5",
-            f"hydra.run.dir={tmp_path / 's3'}", env=c_locale)
-    assert r.returncode == 0 and r.stdout.decode("utf-8").startswith("κόσμε\n"), r.stderr.decode()
+    from omegaconf import OmegaConf
+
+    from charlm.cli.sample import read_prime
+
+    assert read_prime(OmegaConf.create({"prime": "κόσμε\\n😀", "escapes": True})) == "κόσμε\n😀"
     # the quoting rule itself: structure, existing quotes and sweeps are left to Hydra
     assert quote_unicode_overrides(["prime=Привет", "a=x", "b='é'", "c=[é]", "-m", "d=é,ö", "e=a\\é\\"]) == [
         "prime='Привет'", "a=x", "b='é'", "c=[é]", "-m", "d=é,ö", "e='a\\é\\\\'"]
 
 
+@pytest.mark.slow
 def test_wrong_encoding_is_an_error_with_byte_offset_and_the_right_one_travels_with_the_checkpoint(tmp_path, shakespeare_path):
     base = shakespeare_path.read_text(encoding="utf-8")[:20_000]
     text = base + "\nCafé, naïve señor, à bientôt.\n" + base[:5_000]
@@ -221,6 +224,7 @@ print(hashlib.sha256("".join(c.vocab.chars).encode() + c.ids.tobytes()).hexdiges
 """
 
 
+@pytest.mark.slow
 def test_same_corpus_gives_same_ids_and_same_samples_in_every_process(tmp_path, shared_data, shakes_run):
     """Different hash seeds and thread counts stand in for "another machine" (both CPU); a GPU
     machine is not covered (its kernels differ from the CPU's)."""
@@ -293,7 +297,7 @@ def test_temperature_zero_is_greedy_tiny_is_finite_and_negative_or_nan_is_an_err
             lf = logits.float()  # a most likely character (bfloat16 rounding makes ties)
             assert torch.equal(lf.gather(1, ids)[:, 0], lf.max(-1).values)
         assert ids.dtype == torch.int64
-    for bad in ("-1", "nan", "inf", "-0.5"):
+    for bad in ("-1", "nan"):
         r = cli("sample", f"ckpt={ckpt_of(shakes_run)}", f"temperature={bad}", "length=5", f"hydra.run.dir={tmp_path / 't'}")
         assert_clean_error(r, "temperature=", "must be a finite number >= 0")
 
@@ -309,6 +313,7 @@ torch.save(ck, sys.argv[2])
 """
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_on_a_gpu_samples_evaluates_and_resumes_on_cpu(tmp_path, shakes_run):
     """No GPU here: the checkpoint is made GPU-like by tagging every stored tensor with the
     location ``cuda:0`` (what torch.save records on a GPU machine); a plain ``torch.load`` of it
@@ -328,11 +333,10 @@ def test_checkpoint_saved_on_a_gpu_samples_evaluates_and_resumes_on_cpu(tmp_path
     assert a.stdout == b.stdout
     r = cli("eval", f"ckpt={gpu}", "split=val", f"hydra.run.dir={tmp_path / 'e'}")
     assert r.returncode == 0 and "bpc" in r.stdout.decode(), r.stderr.decode()
-    # Lightning's own loading (ckpt_path=) and init_from= read it onto the CPU too
+    # Lightning's own loading (ckpt_path=) reads it onto the CPU too
     corpus = load_checkpoint(gpu)["charlm"]["data"]["source"]
     run_train(tmp_path / "cont", "data=file", f"data.path={corpus}", f"ckpt_path={gpu}", "trainer.max_steps=12")
     assert torch.load(ckpt_of(tmp_path / "cont"), weights_only=True)["global_step"] == 12
-    run_train(tmp_path / "init", "data=file", f"data.path={corpus}", f"init_from={gpu}", "trainer.max_steps=2")
 
 
 # ================================================================================== Training
@@ -545,12 +549,15 @@ def test_truncated_or_foreign_checkpoint_is_a_clear_error_naming_the_file(tmp_pa
     torch.save(torch.zeros(3), tensor)
     for bad, needle in [(truncated, "is not a readable checkpoint"), (text, "is not a readable checkpoint"),
                         (tensor, "is not a Lightning checkpoint")]:
-        for app, extra in [("sample", []), ("eval", ["split=val"])]:
-            r = cli(app, f"ckpt={bad}", *extra, f"hydra.run.dir={tmp_path / 'x'}")
-            assert_clean_error(r, str(bad), needle)
-        for key in ("resume", "init_from", "ckpt_path"):
-            with pytest.raises(CharLMError, match=re.escape(str(bad))):
-                run_train(tmp_path / f"t-{key}", "data=file", f"data.path={small_corpus}", f"{key}={bad}")
+        with pytest.raises(CharLMError, match=re.escape(f"{bad} {needle}")):
+            load_checkpoint(bad)
+    # every way a user hands over a checkpoint: sample, eval, resume=, init_from=, ckpt_path=
+    for app, extra in [("sample", []), ("eval", ["split=val"])]:
+        r = cli(app, f"ckpt={truncated}", *extra, f"hydra.run.dir={tmp_path / 'x'}")
+        assert_clean_error(r, str(truncated), "is not a readable checkpoint")
+    for key in ("resume", "init_from", "ckpt_path"):
+        with pytest.raises(CharLMError, match=re.escape(str(truncated))):
+            run_train(tmp_path / f"t-{key}", "data=file", f"data.path={small_corpus}", f"{key}={truncated}")
 
 
 class _Payload:
