@@ -35,7 +35,10 @@ from charlm.model.module import CharLM
 from charlm.model.rnn import CharRNN
 from charlm.sampling.sampler import default_prime, next_ids, sample
 from charlm.training.resume import load_initial_weights
-from tests.conftest import FAST_TRAIN, compose_cfg
+try:  # tests/ as a folder of modules (main) or as a package
+    from conftest import FAST_TRAIN, compose_cfg
+except ImportError:  # pragma: no cover
+    from tests.conftest import FAST_TRAIN, compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -371,8 +374,9 @@ def _all_finite(path: Path) -> bool:
 
 def test_nonfinite_loss_or_gradient_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, small_corpus, caplog):
     data = ["data=file", f"data.path={small_corpus}", "trainer.max_steps=10", "trainer.val_check_interval=20"]
-    grad = ["+callbacks.poison._target_=tests.test_faults.PoisonGradient", "+callbacks.poison.step=6"]
-    weight = ["+callbacks.poison._target_=tests.test_faults.PoisonWeight", "+callbacks.poison.step=6"]
+    here = PoisonGradient.__module__  # "test_faults" or "tests.test_faults", as pytest imported it
+    grad = [f"+callbacks.poison._target_={here}.PoisonGradient", "+callbacks.poison.step=6"]
+    weight = [f"+callbacks.poison._target_={here}.PoisonWeight", "+callbacks.poison.step=6"]
     # a NaN gradient: stop, naming the step; last.ckpt is still the good one of step 5
     out = tmp_path / "grad"
     with pytest.raises(CharLMError, match=r"non-finite gradient norm \(nan\) at step 6"):
@@ -397,7 +401,8 @@ def test_nonfinite_loss_or_gradient_stops_naming_the_step_and_keeps_the_last_goo
     assert torch.load(ckpt_of(out), weights_only=True)["global_step"] == 5 and _all_finite(ckpt_of(out))
     assert not list((tmp_path / "weight_skip" / "checkpoints").glob("*.tmp"))
     # on the command line: exit status 2, the message, no traceback
-    r = cli("train", *TINY, *data, *grad, f"hydra.run.dir={tmp_path / 'cli'}", cwd=REPO)
+    r = cli("train", *TINY, *data, *grad, f"hydra.run.dir={tmp_path / 'cli'}", cwd=REPO,
+            env={"PYTHONPATH": os.pathsep.join(str(p) for p in (REPO / "src", REPO, REPO / "tests"))})
     assert_clean_error(r, "non-finite gradient norm (nan) at step 6", "nonfinite=skip")
 
 
@@ -436,7 +441,7 @@ def test_init_from_with_a_different_vocabulary_lists_the_differing_characters(tm
     # on the command line: a corpus with two extra characters
     f = tmp_path / "more.txt"
     f.write_text(small_corpus.read_text(encoding="utf-8") + "\nCafé ½\n", encoding="utf-8")
-    r = cli("train", *TINY, "data=file", f"data.path={f}", f"init_from={shakes_run}", f"hydra.run.dir={tmp_path / 'r'}", cwd=REPO)
+    r = cli("train", *TINY, "data=file", f"data.path={f}", f"init_from={shakes_run}", f"hydra.run.dir={tmp_path / 'r'}")
     assert_clean_error(r, "vocabulary differs", "only in this corpus: ['½', 'é']")
 
 
