@@ -14,7 +14,7 @@ import io
 import os
 import pickle
 import tempfile
-import zipfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,17 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from charlm.errors import CharLMError
 
 
+#: TEST HOOK, not a setting: when this environment variable holds a number of seconds,
+#: :func:`atomic_torch_save` writes half of the temporary file, then sleeps that long before
+#: writing the rest and renaming it. Tests use it to SIGKILL a real training process in the
+#: middle of a checkpoint write deterministically (tests/test_faults.py). Unset in normal use.
+TEST_PAUSE_ENV = "CHARLM_TEST_PAUSE_IN_CHECKPOINT_WRITE"
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically: temporary file, ``fsync``, ``os.replace``."""
+    """``torch.save`` to ``path`` atomically: temporary file ``.<name>.<random>.tmp`` in the
+    same folder, ``fsync``, ``os.replace``. A process killed before the rename leaves ``path``
+    as it was (a stale ``.tmp`` file may remain and can be deleted)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -33,7 +42,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.getbuffer())
+            data = buf.getbuffer()
+            pause = float(os.environ.get(TEST_PAUSE_ENV) or 0)
+            if pause > 0:  # test hook only (see TEST_PAUSE_ENV): stop half-way through the write
+                half = len(data) // 2
+                f.write(data[:half])
+                f.flush()
+                time.sleep(pause)
+                data = data[half:]
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -82,12 +99,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # a damaged pickle, not a refused one
+            raise CharLMError(f"{path} is not a readable checkpoint (truncated or damaged: {str(e)[:200]}).") from None
         raise CharLMError(
             f"refused to load {path}: it is not a plain checkpoint (its pickle asks for code or objects "
             f"that a weights-only load does not allow: {str(e).splitlines()[0][:200]}). Only load checkpoints you trust."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CharLMError(f"{path} is not a readable checkpoint (truncated or not a checkpoint file: {str(e)[:200]}).") from None
+    except Exception as e:  # torch.load fails in many ways on a damaged or foreign file (RuntimeError, EOFError, IndexError, ...)
+        raise CharLMError(
+            f"{path} is not a readable checkpoint (truncated or not a checkpoint file: {type(e).__name__}: {str(e)[:200]}). "
+            "Use another checkpoint (the run's best-k ones, or an earlier last.ckpt)."
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CharLMError(f"{path} is not a Lightning checkpoint (no state_dict).")
     if "charlm" not in ckpt:

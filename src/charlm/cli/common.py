@@ -17,6 +17,47 @@ def utf8_stdout() -> None:
             pass
 
 
+#: Characters that give an unquoted Hydra value a structure (list, dict, function call, sweep).
+_STRUCTURE = set("[]{}()")
+
+
+def quote_unicode_overrides(argv: list[str]) -> list[str]:
+    """Quote ``key=value`` command-line overrides whose value has non-ASCII characters.
+
+    Hydra's override grammar only accepts ASCII in unquoted values: ``prime=Привет`` fails with
+    ``LexerNoViableAltException`` although ``prime='Привет'`` works. Such a value is wrapped in
+    quotes here (``'`` or, if it holds a ``'``, ``"``) so it reaches the app as the string typed.
+    Left as typed: values already quoted, values with ``[]{}()`` (lists, dicts, functions), values
+    holding both quote characters, and, in a multirun (``-m``), values with ``,`` (a sweep).
+    """
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if (
+            not sep
+            or key.startswith("-")
+            or not value
+            or value[0] in "'\""
+            or all(ord(c) < 128 for c in value)
+            or _STRUCTURE & set(value)
+            or (multirun and "," in value)
+            or ("'" in value and '"' in value)
+        ):
+            out.append(arg)
+            continue
+        q = "'" if "'" not in value else '"'
+        stripped = value.rstrip("\\")
+        value = stripped + "\\" * (2 * (len(value) - len(stripped)))  # a backslash before the closing quote is escaped
+        out.append(f"{key}={q}{value}{q}")
+    return out
+
+
+def fix_argv() -> None:
+    """Apply :func:`quote_unicode_overrides` to ``sys.argv`` (before Hydra parses it)."""
+    sys.argv[1:] = quote_unicode_overrides(sys.argv[1:])
+
+
 def is_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig

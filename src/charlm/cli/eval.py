@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, utf8_stdout
+from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
 from charlm.cli.sample import pick_device
 from charlm.config import config_dir
 from charlm.data.corpus import prepare_corpus
@@ -81,6 +81,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     utf8_stdout()
+    fix_argv()
     hydra_main()
 
 

@@ -3,7 +3,8 @@
     charlm-sample ckpt=outputs/train/runs/<run>/checkpoints/last.ckpt prime="ROMEO:" length=500 \
         temperature=0.8 top_k=null num_samples=3 seed=1
 
-``length`` counts new characters; ``temperature=0`` is greedy. Output is UTF-8 on stdout (one
+Non-ASCII primes work unquoted (``prime=Привет``, see :func:`charlm.cli.common.quote_unicode_overrides`);
+``prime_file=<UTF-8 file>`` takes any text without quoting. ``length`` counts new characters; ``temperature=0`` is greedy. Output is UTF-8 on stdout (one
 sample after another, separated by a blank line when ``num_samples > 1``) and is also saved to
 ``samples.txt`` in the app's output dir.
 """
@@ -19,8 +20,9 @@ import torch
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, utf8_stdout
+from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
 from charlm.config import config_dir
+from charlm.data.vocab import describe_chars
 from charlm.errors import CharLMError
 from charlm.sampling.sampler import sample
 
@@ -40,6 +42,36 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def read_prime(cfg: DictConfig) -> str | None:
+    """The prime: ``prime=`` (backslash escapes applied with ``escapes=true``) or the UTF-8 text
+    of ``prime_file=`` (any characters, no shell or Hydra quoting; used exactly, final newline
+    included).
+
+    Raises:
+        CharLMError: if both are given, or the file is missing or not UTF-8 (with the byte offset).
+    """
+    prime = cfg.get("prime")
+    path = cfg.get("prime_file")
+    if path:
+        if prime is not None:
+            raise CharLMError("give either prime= or prime_file=, not both")
+        p = Path(str(path)).expanduser()
+        try:
+            return p.read_bytes().decode("utf-8")
+        except OSError as e:
+            raise CharLMError(f"prime_file={path} cannot be read: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise CharLMError(
+                f"prime_file={path} is not UTF-8: byte 0x{e.object[e.start]:02x} at byte offset {e.start}; save it as UTF-8"
+            ) from None
+    if prime is None:
+        return None
+    if not cfg.get("escapes"):
+        return str(prime)
+    # backslashreplace keeps non-Latin-1 characters (Привет, 😀) intact through unicode_escape
+    return str(prime).encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
 def run(cfg: DictConfig) -> list[str]:
     """Sample from ``cfg.ckpt`` as configured; returns the samples."""
     if not cfg.get("ckpt"):
@@ -47,9 +79,11 @@ def run(cfg: DictConfig) -> list[str]:
     device = pick_device(str(cfg.device))
     net, vocab = model_from_checkpoint(load_checkpoint(cfg.ckpt, map_location="cpu"))
     net.to(device)
-    prime = cfg.prime
-    if prime is not None:
-        prime = str(prime).encode("utf-8").decode("unicode_escape") if cfg.get("escapes") else str(prime)
+    prime = read_prime(cfg)
+    missing = vocab.unknown(prime) if prime else []
+    if missing and cfg.drop_unknown:
+        n = sum(prime.count(c) for c in missing)
+        log.warning("drop_unknown=true: dropped %d prime character(s) not in the vocabulary: %s", n, describe_chars(missing))
     texts = sample(
         net,
         vocab,
@@ -83,6 +117,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     utf8_stdout()
+    fix_argv()
     hydra_main()
 
 

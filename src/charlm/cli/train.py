@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from charlm.checkpoint import AtomicCheckpointIO
-from charlm.cli.common import clean_errors, utf8_stdout
+from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
@@ -158,6 +158,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     utf8_stdout()
+    fix_argv()
     hydra_main()
 
 

@@ -149,6 +149,12 @@ class CharDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
+        # Build the loaders this stage will use now, so a split too small for one batch is an
+        # error before the first step (not after training up to the first validation).
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(str(stage), ())
+        for split in wanted:
+            if self._enabled(split):
+                self.loader(split)
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -161,15 +167,23 @@ class CharDataModule(L.LightningDataModule):
         if split not in self._loaders:
             rank, world = self._rank()
             train = split == "train"
-            self._loaders[split] = BPTTLoader(
-                self.split_ids(split),
-                self.batch_size if train else self.eval_batch_size,
-                self.seq_len,
-                rank=rank,
-                world_size=world,
-                cover_all=not train,
-                name=split,
-            )
+            try:
+                self._loaders[split] = BPTTLoader(
+                    self.split_ids(split),
+                    self.batch_size if train else self.eval_batch_size,
+                    self.seq_len,
+                    rank=rank,
+                    world_size=world,
+                    cover_all=not train,
+                    name=split,
+                )
+            except CharLMError as e:
+                if train:
+                    raise
+                raise CharLMError(
+                    f"{e} (the {split} split is read as data.eval_batch_size={self.eval_batch_size} streams; "
+                    f"lower data.eval_batch_size, or set its fraction in data.splits to 0 to disable it)"
+                ) from None
         return self._loaders[split]
 
     def _enabled(self, split: str) -> bool:

@@ -40,8 +40,9 @@ class CharLM(L.LightningModule):
             with lr 2e-3 when ``None``.
         scheduler: a factory ``(optimizer, total_steps) -> lr_scheduler dict or None`` (see :mod:`charlm.training.schedulers`).
         data: plain-typed description of the training data (stored in checkpoints).
-        nonfinite: what a non-finite gradient norm does: ``"stop"`` (raise, naming the step; no
-            checkpoint with NaN weights is written) or ``"skip"`` (skip that optimizer step).
+        nonfinite: what a non-finite training loss or gradient norm does: ``"stop"`` (raise,
+            naming the step; no checkpoint with NaN weights is written) or ``"skip"`` (skip that
+            optimizer step). With fp16 loss scaling the GradScaler's own skipping is left alone.
 
     Batches are ``(x, y)`` int64 ``[B, T]``; the loss is the mean cross-entropy in nats/char.
     Logged: ``train/loss``, ``train/grad_norm``, ``train/tokens_per_sec``, ``val/loss``
@@ -119,6 +120,19 @@ class CharLM(L.LightningModule):
             loader.mark_trained()
         loss, state = self._nll(batch, self.train_state, "mean")
         self.train_state = tuple(s.detach() for s in state)
+        if not torch.isfinite(loss) and self.trainer.world_size == 1:
+            # (under DDP the all-reduced gradient norm catches it on every rank at once)
+            step = self.trainer.global_step
+            if self.nonfinite == "skip":
+                log.warning("step %d: non-finite training loss (%s); skipping this step", step, loss.item())
+                self.train_state = None
+                return None  # Lightning skips backward and the optimizer step
+            raise CharLMError(
+                f"non-finite training loss ({loss.item()}) at step {step}: training stopped and no checkpoint "
+                "with these values was written; the last good checkpoint is kept. The weights or the inputs hold "
+                "NaN/Inf: lower optimizer.lr, keep gradient clipping on (trainer.gradient_clip_val), resume from "
+                "the last checkpoint, or set nonfinite=skip to skip such steps."
+            )
         self._tokens += batch[0].numel()
         # sync_dist: under DDP the mean over all ranks' streams (equal token counts per rank)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
@@ -150,6 +164,8 @@ class CharLM(L.LightningModule):
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         if not torch.isfinite(norm):
             step = self.trainer.global_step
+            if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+                return  # fp16 loss scaling: the GradScaler skips this step and lowers its scale
             if self.nonfinite == "skip":
                 log.warning("step %d: non-finite gradient norm (%s); skipping this optimizer step", step, norm.item())
                 for p in params:

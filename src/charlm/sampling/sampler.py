@@ -60,8 +60,8 @@ def next_ids(logits: torch.Tensor, temperature: float, top_k: int | None, genera
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    scaled = logits / temperature
-    scaled = scaled - scaled.max(dim=-1, keepdim=True).values
+    # max first, then divide: (logits - max) <= 0, so a tiny temperature gives -inf or 0, never inf - inf = NaN
+    scaled = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     probs = torch.softmax(scaled, dim=-1)
     return torch.multinomial(probs, 1, generator=generator)
 
