@@ -134,6 +134,15 @@ def test_corpus_shorter_than_one_batch_names_length_minimum_and_options(tmp_path
         run_train(tmp_path / "r2", "data=file", f"data.path={corpus}", "data.splits=[0.9999,0.0001,0.0]")
 
 
+def test_logger_none_trains_without_the_learning_rate_monitor(tmp_path, small_corpus):
+    cfg = compose_cfg("train", tmp_path / "run", [*(o for o in TINY if o != "logger=csv"), "logger=none",
+                                                  "data=file", f"data.path={small_corpus}"])
+    assert "lr_monitor" in cfg.callbacks and not cfg.logger
+    metrics = train(cfg)  # LearningRateMonitor with no logger made Lightning refuse to start
+    assert math.isfinite(metrics["val/loss"])
+    assert ckpt_of(tmp_path / "run").is_file()
+
+
 MIXED = "Привет, мир! Γειά σου κόσμε. 你好，世界。 😀🎉 café cafe\u0301 naïve\n"
 
 

@@ -42,14 +42,16 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[CharData
         data=dm.config(),
         nonfinite=cfg.get("nonfinite", "stop"),
     )
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)  # type: ignore[union-attr]
     callbacks += [
         resume.RunInfo(resolved, resume.run_overrides(overrides or [])),  # type: ignore[arg-type]
         resume.StopControl(cfg.get("stop_after_steps")),
     ]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
