@@ -143,6 +143,18 @@ def test_logger_none_trains_without_the_learning_rate_monitor(tmp_path, small_co
     assert ckpt_of(tmp_path / "run").is_file()
 
 
+def test_end_of_training_summary_prints_the_sample_and_paths_verbatim(tmp_path, small_corpus, capsys, monkeypatch):
+    import charlm.sampling.sampler as sampler
+
+    generated = "FOO :x: [bold]BAR[/bold] :smile:"
+    monkeypatch.setattr(sampler, "sample", lambda *a, **k: [generated])  # text a model could generate
+    out = tmp_path / "run[red]:x:"
+    run_train(out, "data=file", f"data.path={small_corpus}")
+    printed = capsys.readouterr().out
+    assert generated in printed  # no emoji for :x:, no markup eaten
+    assert f"run dir:     {out}" in printed and "\u274c" not in printed
+
+
 MIXED = "Привет, мир! Γειά σου κόσμε. 你好，世界。 😀🎉 café cafe\u0301 naïve\n"
 
 

@@ -134,13 +134,14 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
         console.print(f"best val loss: {metrics['best/val_loss']:.4f} nats/char ({metrics['best/val_bpc']:.4f} bpc)")
     text = sample(module.net, Vocab(module.vocab), None, 300, temperature=0.8, seed=cfg.seed)[0]
     console.rule("sample (temperature 0.8)")
-    console.print(text, markup=False)
+    console.print(text, markup=False, emoji=False)  # verbatim: `:x:` or `[b]` in text stay as typed
     console.rule()
-    console.print(f"run dir:     {out}")
-    console.print(f"checkpoints: {out / 'checkpoints'} (last.ckpt, best by val/loss)")
+    console.print(f"run dir:     {out}", markup=False, emoji=False)
+    console.print(f"checkpoints: {out / 'checkpoints'} (last.ckpt, best by val/loss)", markup=False, emoji=False)
     if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
-        console.print(f"W&B files:   {out / 'wandb'} (offline; upload with `wandb sync {out / 'wandb'}/offline-run-*`)")
-    console.print(f"sample it:   charlm-sample ckpt={out / 'checkpoints' / 'last.ckpt'}")
+        console.print(f"W&B files:   {out / 'wandb'} (offline; upload with `wandb sync {out / 'wandb'}/offline-run-*`)",
+                      markup=False, emoji=False)
+    console.print(f"sample it:   charlm-sample ckpt={out / 'checkpoints' / 'last.ckpt'}", markup=False, emoji=False)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
