@@ -297,6 +297,29 @@ def test_prime_with_unknown_characters_is_an_error_listing_them_or_dropped_with_
     assert r.stdout.decode("utf-8").startswith("ROMEO: ")
 
 
+def test_backslash_escapes_keep_non_ascii_and_a_bad_escape_is_a_clean_error(tmp_path, shakes_run):
+    from omegaconf import OmegaConf
+
+    from charlm.cli.sample import read_prime
+    from charlm.cli.visualize import resolve_text
+
+    def prime(p):
+        return read_prime(OmegaConf.create({"prime": p, "escapes": True}))
+
+    for typed, want in [("hé\\n", "hé\n"), ("Привет\\t😀", "Привет\t😀"), ("\\u00e9 é \\x41\\\\", "é é A\\"),
+                        ("\\N{GREEK SMALL LETTER ALPHA}\\101", "αA"), ("\\'q\\'", "'q'")]:
+        assert prime(typed) == want, typed
+    for bad in ["\\xZZ", "\\u12", "\\q", "ab\\", "\\N{NO SUCH NAME}", "\\U00110000"]:
+        shown = bad[bad.index("\\"):]
+        with pytest.raises(CharLMError, match=re.escape(f"invalid backslash escape '{shown}'")):
+            prime(bad)
+    # visualize's literal text= decodes the same way
+    text, _ = resolve_text(OmegaConf.create({"text": "é\\nПривет", "escapes": True}), {"charlm": {"data": {}}})
+    assert text == "é\nПривет"
+    r = cli("sample", f"ckpt={ckpt_of(shakes_run)}", "prime='\\xZZ'", "escapes=true", f"hydra.run.dir={tmp_path / 's'}")
+    assert_clean_error(r, "invalid backslash escape '\\xZZ' at character 0", "escapes=false")
+
+
 def test_length_counts_new_characters_even_when_shorter_than_the_prime(tmp_path, shakes_run):
     for length in (0, 3):
         r = cli("sample", f"ckpt={ckpt_of(shakes_run)}", "prime='ROMEO and JULIET:'", f"length={length}",

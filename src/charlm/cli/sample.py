@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
+from charlm.cli.common import clean_errors, decode_escapes, fix_argv, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.vocab import describe_chars
 from charlm.errors import CharLMError
@@ -48,7 +48,8 @@ def read_prime(cfg: DictConfig) -> str | None:
     included).
 
     Raises:
-        CharLMError: if both are given, or the file is missing or not UTF-8 (with the byte offset).
+        CharLMError: if both are given, the file is missing or not UTF-8 (with the byte offset), or
+            the prime has an invalid backslash escape (:func:`~charlm.cli.common.decode_escapes`).
     """
     prime = cfg.get("prime")
     path = cfg.get("prime_file")
@@ -68,8 +69,7 @@ def read_prime(cfg: DictConfig) -> str | None:
         return None
     if not cfg.get("escapes"):
         return str(prime)
-    # backslashreplace keeps non-Latin-1 characters (Привет, 😀) intact through unicode_escape
-    return str(prime).encode("latin-1", "backslashreplace").decode("unicode_escape")
+    return decode_escapes(str(prime), "prime")
 
 
 def run(cfg: DictConfig) -> list[str]:

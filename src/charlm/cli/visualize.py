@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
+from charlm.cli.common import clean_errors, decode_escapes, fix_argv, utf8_stdout
 from charlm.cli.sample import pick_device
 from charlm.config import config_dir
 from charlm.data.corpus import prepare_corpus
@@ -57,7 +57,7 @@ def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
                 raw = raw.replace("\r\n", "\n").replace("\r", "\n")
             return raw, str(p)
         if cfg.get("escapes"):
-            text = text.encode("utf-8").decode("unicode_escape")
+            text = decode_escapes(text, "text")
         return text, "the given text"
     split = str(cfg.split)
     if split not in SPLITS:
