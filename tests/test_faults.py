@@ -224,6 +224,33 @@ def test_wrong_encoding_is_an_error_with_byte_offset_and_the_right_one_travels_w
     assert r.returncode == 0 and r.stdout.decode("utf-8").startswith("Café")
 
 
+def test_eval_errors_name_eval_options_and_a_text_under_2_characters_is_an_error(tmp_path, shakes_run):
+    from charlm.cli.eval import run as eval_run
+
+    def ev(*overrides):
+        return eval_run(compose_cfg("eval", tmp_path / "e", [f"ckpt={ckpt_of(shakes_run)}", *overrides]))
+
+    with pytest.raises(CharLMError, match=r"nonexist.txt does not exist; set file=<a text file>") as e:
+        ev(f"file={tmp_path / 'nonexist.txt'}")
+    assert "data." not in str(e.value)
+    with pytest.raises(CharLMError, match="is not a regular file; set file="):
+        ev(f"file={tmp_path}")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("First Citizen: café".encode("latin-1"))
+    with pytest.raises(CharLMError, match=r"byte offset 18 .*Set encoding=<the file's encoding> \(for example encoding=latin-1") as e:
+        ev(f"file={latin}")
+    assert "data." not in str(e.value)
+    for text in ["a", "\r\n"]:  # \r\n is one character once newlines are normalised
+        f = tmp_path / "short.txt"
+        f.write_bytes(text.encode())
+        with pytest.raises(CharLMError, match=r"has 1 character\(s\); evaluation needs at least 2 characters"):
+            ev(f"file={f}")
+    f.write_text("ab", encoding="utf-8")
+    assert ev(f"file={f}", "batch_size=32", "seq_len=256")["chars"] == 1  # 2 characters: one prediction
+    r = cli("eval", f"ckpt={ckpt_of(shakes_run)}", f"file={latin}", f"hydra.run.dir={tmp_path / 'e2'}")
+    assert_clean_error(r, "byte offset 18", "encoding=latin-1")
+
+
 def test_cr_and_crlf_line_endings_are_normalised_with_a_count_and_can_be_kept(tmp_path, shakespeare_path, caplog):
     lines = shakespeare_path.read_text(encoding="utf-8")[:20_000].split("\n")
     f = tmp_path / "mixed_eol.txt"
