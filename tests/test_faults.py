@@ -251,6 +251,22 @@ def test_eval_errors_name_eval_options_and_a_text_under_2_characters_is_an_error
     assert_clean_error(r, "byte offset 18", "encoding=latin-1")
 
 
+def test_visualize_reads_a_text_file_with_the_checkpoint_encoding_or_a_clean_error(tmp_path, shakes_run):
+    from charlm.cli.visualize import run as vis_run
+
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("First Citizen:\r\nBefore we proceed \xe9".encode("latin-1"))
+    cfg = compose_cfg("visualize", tmp_path / "v", [f"ckpt={ckpt_of(shakes_run)}", f"text={latin}"])
+    with pytest.raises(CharLMError, match=r"not valid utf-8: byte 0xe9 at byte offset 34 .*Set encoding=<the file's encoding>"):
+        vis_run(cfg)
+    # encoding= reads it; the newline handling is the checkpoint's (\r\n -> \n), so 'é' is the only unknown
+    cfg = compose_cfg("visualize", tmp_path / "v", [f"ckpt={ckpt_of(shakes_run)}", f"text={latin}", "encoding=latin-1"])
+    with pytest.raises(CharLMError, match=r"1 character\(s\) are not in the model's vocabulary: 'é'"):
+        vis_run(cfg)
+    r = cli("visualize", f"ckpt={ckpt_of(shakes_run)}", f"text={latin}", f"out={tmp_path / 'p'}", f"hydra.run.dir={tmp_path / 'h'}")
+    assert_clean_error(r, "byte offset 34", "encoding=latin-1")
+
+
 def test_cr_and_crlf_line_endings_are_normalised_with_a_count_and_can_be_kept(tmp_path, shakespeare_path, caplog):
     lines = shakespeare_path.read_text(encoding="utf-8")[:20_000].split("\n")
     f = tmp_path / "mixed_eol.txt"
