@@ -639,10 +639,23 @@ def test_truncated_or_foreign_checkpoint_is_a_clear_error_naming_the_file(tmp_pa
     text.write_text("this is not a checkpoint\n")
     tensor = tmp_path / "tensor.ckpt"
     torch.save(torch.zeros(3), tensor)
-    for bad, needle in [(truncated, "is not a readable checkpoint"), (text, "is not a readable checkpoint"),
-                        (tensor, "is not a Lightning checkpoint")]:
-        with pytest.raises(CharLMError, match=re.escape(f"{bad} {needle}")):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    for bad, needle in [(truncated, "is not a readable checkpoint"), (text, "is not a checkpoint file (neither a zip"),
+                        (REPO / "README.md", "is not a checkpoint file"), (empty, "is not a checkpoint file (it is empty)"),
+                        (tensor, "is not a Lightning checkpoint"), (Path("/dev/null"), "is not a regular file")]:
+        with pytest.raises(CharLMError, match=re.escape(f"{bad} {needle}")) as e:
             load_checkpoint(bad)
+        assert "weights_only" not in str(e.value) and "refused" not in str(e.value) and len(str(e.value)) < 400
+    # a damaged pickle inside a zip is damaged, not refused; torch's reason is one short line
+    damaged = bytearray(good)
+    i = damaged.index(b"charlm")
+    damaged[i : i + 6] = b"\xff\xfe\xfd\xfc\xfb\xfa"
+    dmg = tmp_path / "damaged.ckpt"
+    dmg.write_bytes(bytes(damaged))
+    with pytest.raises(CharLMError) as e:
+        load_checkpoint(dmg)
+    assert str(dmg) in str(e.value) and "refused" not in str(e.value) and "\n" not in str(e.value)
     # every way a user hands over a checkpoint: sample, eval, resume=, init_from=, ckpt_path=
     for app, extra in [("sample", []), ("eval", ["split=val"])]:
         r = cli(app, f"ckpt={truncated}", *extra, f"hydra.run.dir={tmp_path / 'x'}")
@@ -669,8 +682,10 @@ def test_checkpoint_whose_pickle_runs_code_is_refused_and_the_code_never_runs(tm
     evil = tmp_path / "checkpoints" / "last.ckpt"  # a run dir layout, for resume=<run dir> too
     evil.parent.mkdir()
     torch.save(ck, evil)
-    with pytest.raises(CharLMError, match=f"refused to load {re.escape(str(evil))}"):
+    with pytest.raises(CharLMError, match=f"refused to load {re.escape(str(evil))}") as e:
         load_checkpoint(evil)
+    # torch's own reason in one line (the blocked GLOBAL), without its general advice paragraph
+    assert re.search(r"GLOBAL \S*open\b", str(e.value)) and "weights_only" not in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(CharLMError, match="refused to load"):
         AtomicCheckpointIO().load_checkpoint(evil)  # Lightning's path for ckpt_path=
     for app, extra in [("sample", []), ("eval", ["split=val"])]:
