@@ -157,6 +157,10 @@ def test_signal_writes_resumable_checkpoint(tmp_path, tiny_corpus, sig):
     ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ck["global_step"] > 0, out[-2000:]
     assert f"resume={run}" in out
+    # an interrupted run is not a finished one: 128 + signal number, as shells report, and says so
+    assert proc.returncode == 128 + sig, (proc.returncode, out[-2000:])
+    assert f"training interrupted at step {ck['global_step']:,} ({sig.name})" in out and "training finished" not in out
+    assert f"resume it:   charlm-train resume={run}" in out
 
 
 @pytest.mark.slow

@@ -443,6 +443,25 @@ class RunInfo(L.Callback):
         checkpoint["charlm_run"] = {"config": self.config, "overrides": self.overrides, "wandb_id": wandb_id}
 
 
+class TrainingInterrupted(Exception):
+    """Raised by :func:`charlm.cli.train.train` after a run stopped on SIGINT/SIGTERM (its
+    ``last.ckpt`` written and the summary printed), so the run is not taken for a finished one.
+
+    Attributes:
+        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+        step: the optimizer step it stopped after.
+        metrics: the metrics at that point (as :func:`~charlm.cli.train.train` returns them).
+        exit_code: ``128 + signal number`` (130 for SIGINT, 143 for SIGTERM), as shells report.
+    """
+
+    def __init__(self, signal_name: str, step: int, metrics: dict[str, float] | None = None):
+        self.signal_name = signal_name
+        self.step = step
+        self.metrics = metrics
+        self.exit_code = 128 + int(getattr(signal, signal_name, signal.SIGTERM))
+        super().__init__(f"training interrupted by {signal_name} at step {step}")
+
+
 class StopControl(L.Callback):
     """Stops training cleanly and writes ``last.ckpt`` at an optimizer-step boundary.
 
@@ -461,6 +480,8 @@ class StopControl(L.Callback):
     def __init__(self, stop_after_steps: int | None = None):
         self.stop_after_steps = int(stop_after_steps) if stop_after_steps else None
         self.signalled: str | None = None
+        #: set when training stopped on a signal (here or on another rank): "SIGINT" or "SIGTERM"
+        self.interrupted: str | None = None
         self._old_sigint = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -510,6 +531,8 @@ class StopControl(L.Callback):
                 break
         if stop:
             trainer.should_stop = True
+            if reason is None or reason in ("SIGINT", "SIGTERM"):  # a signal here or on another rank
+                self.interrupted = reason or "SIGTERM"
             if trainer.is_global_zero:
                 log.warning(
                     "stopped after step %d (%s); last.ckpt written. Continue with: charlm-train resume=%s",
@@ -552,6 +575,7 @@ def check_multirun_ddp(cfg: DictConfig) -> None:
 __all__ = [
     "RunInfo",
     "StopControl",
+    "TrainingInterrupted",
     "check_multirun_ddp",
     "config_changes",
     "find_checkpoint",
