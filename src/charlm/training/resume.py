@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-
+import os
 import random
 import signal
 from pathlib import Path
@@ -256,8 +256,39 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
         log.warning("resuming with changed settings (allow_changes=true):\n  %s", "\n  ".join(changed))
     if extended:
         log.info("resuming with a new run length: %s; %s", "; ".join(extended), describe_extension(old_resolved, new_resolved, step))
+    if run_dir is not None:
+        keep_newer_last(ckpt_path, run_dir, step)
     log.info("resuming %s from %s (step %d)", out_dir, ckpt_path, step)
     return new, ckpt_path, overrides
+
+
+def keep_newer_last(ckpt_path: Path, run_dir: Path, step: int) -> Path | None:
+    """Before resuming a run dir from an earlier checkpoint (a best-k one at ``step``), move a
+    newer ``checkpoints/last.ckpt`` aside to ``last-step<N>.ckpt`` (``last-step<N>-2.ckpt``, ...
+    if taken), with a warning, so the resumed run's first save does not overwrite it.
+
+    Returns the new path of the moved file, or ``None`` when nothing was moved (no last.ckpt,
+    it is ``ckpt_path`` itself, or it is not newer than ``step``).
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file() or last.resolve() == Path(ckpt_path).resolve():
+        return None
+    try:
+        last_step = checkpoint_step(last)
+    except Exception:  # an unreadable last.ckpt is kept aside too: it may still be of use
+        last_step = -1
+    if 0 <= last_step <= step:
+        return None
+    base = f"last-step{last_step}" if last_step >= 0 else "last-unreadable"
+    aside, n = last.with_name(f"{base}.ckpt"), 2
+    while aside.exists():
+        aside, n = last.with_name(f"{base}-{n}.ckpt"), n + 1
+    os.replace(last, aside)
+    log.warning(
+        "resuming from %s (step %d), but the run's last.ckpt is newer (step %d): moved it to %s so it is "
+        "not overwritten (resume=%s continues from it instead)", ckpt_path, step, last_step, aside, aside,
+    )
+    return aside
 
 
 def _resolved(cfg: DictConfig) -> dict:
@@ -581,6 +612,7 @@ __all__ = [
     "find_checkpoint",
     "gather_rng_states",
     "gather_train_state",
+    "keep_newer_last",
     "load_initial_weights",
     "local_train_state",
     "merge_overrides",
