@@ -134,6 +134,27 @@ def test_corpus_shorter_than_one_batch_names_length_minimum_and_options(tmp_path
         run_train(tmp_path / "r2", "data=file", f"data.path={corpus}", "data.splits=[0.9999,0.0001,0.0]")
 
 
+def test_logger_none_trains_without_the_learning_rate_monitor(tmp_path, small_corpus):
+    cfg = compose_cfg("train", tmp_path / "run", [*(o for o in TINY if o != "logger=csv"), "logger=none",
+                                                  "data=file", f"data.path={small_corpus}"])
+    assert "lr_monitor" in cfg.callbacks and not cfg.logger
+    metrics = train(cfg)  # LearningRateMonitor with no logger made Lightning refuse to start
+    assert math.isfinite(metrics["val/loss"])
+    assert ckpt_of(tmp_path / "run").is_file()
+
+
+def test_end_of_training_summary_prints_the_sample_and_paths_verbatim(tmp_path, small_corpus, capsys, monkeypatch):
+    import charlm.sampling.sampler as sampler
+
+    generated = "FOO :x: [bold]BAR[/bold] :smile:"
+    monkeypatch.setattr(sampler, "sample", lambda *a, **k: [generated])  # text a model could generate
+    out = tmp_path / "run[red]:x:"
+    run_train(out, "data=file", f"data.path={small_corpus}")
+    printed = capsys.readouterr().out
+    assert generated in printed  # no emoji for :x:, no markup eaten
+    assert f"run dir:     {out}" in printed and "\u274c" not in printed
+
+
 MIXED = "Привет, мир! Γειά σου κόσμε. 你好，世界。 😀🎉 café cafe\u0301 naïve\n"
 
 
@@ -201,6 +222,49 @@ def test_wrong_encoding_is_an_error_with_byte_offset_and_the_right_one_travels_w
     # sampling prints the model's characters as UTF-8
     r = cli("sample", f"ckpt={ckpt_of(out)}", "prime=Café", "length=5", f"hydra.run.dir={tmp_path / 's'}")
     assert r.returncode == 0 and r.stdout.decode("utf-8").startswith("Café")
+
+
+def test_eval_errors_name_eval_options_and_a_text_under_2_characters_is_an_error(tmp_path, shakes_run):
+    from charlm.cli.eval import run as eval_run
+
+    def ev(*overrides):
+        return eval_run(compose_cfg("eval", tmp_path / "e", [f"ckpt={ckpt_of(shakes_run)}", *overrides]))
+
+    with pytest.raises(CharLMError, match=r"nonexist.txt does not exist; set file=<a text file>") as e:
+        ev(f"file={tmp_path / 'nonexist.txt'}")
+    assert "data." not in str(e.value)
+    with pytest.raises(CharLMError, match="is not a regular file; set file="):
+        ev(f"file={tmp_path}")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("First Citizen: café".encode("latin-1"))
+    with pytest.raises(CharLMError, match=r"byte offset 18 .*Set encoding=<the file's encoding> \(for example encoding=latin-1") as e:
+        ev(f"file={latin}")
+    assert "data." not in str(e.value)
+    for text in ["a", "\r\n"]:  # \r\n is one character once newlines are normalised
+        f = tmp_path / "short.txt"
+        f.write_bytes(text.encode())
+        with pytest.raises(CharLMError, match=r"has 1 character\(s\); evaluation needs at least 2 characters"):
+            ev(f"file={f}")
+    f.write_text("ab", encoding="utf-8")
+    assert ev(f"file={f}", "batch_size=32", "seq_len=256")["chars"] == 1  # 2 characters: one prediction
+    r = cli("eval", f"ckpt={ckpt_of(shakes_run)}", f"file={latin}", f"hydra.run.dir={tmp_path / 'e2'}")
+    assert_clean_error(r, "byte offset 18", "encoding=latin-1")
+
+
+def test_visualize_reads_a_text_file_with_the_checkpoint_encoding_or_a_clean_error(tmp_path, shakes_run):
+    from charlm.cli.visualize import run as vis_run
+
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("First Citizen:\r\nBefore we proceed \xe9".encode("latin-1"))
+    cfg = compose_cfg("visualize", tmp_path / "v", [f"ckpt={ckpt_of(shakes_run)}", f"text={latin}"])
+    with pytest.raises(CharLMError, match=r"not valid utf-8: byte 0xe9 at byte offset 34 .*Set encoding=<the file's encoding>"):
+        vis_run(cfg)
+    # encoding= reads it; the newline handling is the checkpoint's (\r\n -> \n), so 'é' is the only unknown
+    cfg = compose_cfg("visualize", tmp_path / "v", [f"ckpt={ckpt_of(shakes_run)}", f"text={latin}", "encoding=latin-1"])
+    with pytest.raises(CharLMError, match=r"1 character\(s\) are not in the model's vocabulary: 'é'"):
+        vis_run(cfg)
+    r = cli("visualize", f"ckpt={ckpt_of(shakes_run)}", f"text={latin}", f"out={tmp_path / 'p'}", f"hydra.run.dir={tmp_path / 'h'}")
+    assert_clean_error(r, "byte offset 34", "encoding=latin-1")
 
 
 def test_cr_and_crlf_line_endings_are_normalised_with_a_count_and_can_be_kept(tmp_path, shakespeare_path, caplog):
@@ -274,6 +338,29 @@ def test_prime_with_unknown_characters_is_an_error_listing_them_or_dropped_with_
     assert r.returncode == 0, r.stderr.decode()
     assert "dropped 3 prime character(s)" in r.stderr.decode("utf-8")
     assert r.stdout.decode("utf-8").startswith("ROMEO: ")
+
+
+def test_backslash_escapes_keep_non_ascii_and_a_bad_escape_is_a_clean_error(tmp_path, shakes_run):
+    from omegaconf import OmegaConf
+
+    from charlm.cli.sample import read_prime
+    from charlm.cli.visualize import resolve_text
+
+    def prime(p):
+        return read_prime(OmegaConf.create({"prime": p, "escapes": True}))
+
+    for typed, want in [("hé\\n", "hé\n"), ("Привет\\t😀", "Привет\t😀"), ("\\u00e9 é \\x41\\\\", "é é A\\"),
+                        ("\\N{GREEK SMALL LETTER ALPHA}\\101", "αA"), ("\\'q\\'", "'q'")]:
+        assert prime(typed) == want, typed
+    for bad in ["\\xZZ", "\\u12", "\\q", "ab\\", "\\N{NO SUCH NAME}", "\\U00110000"]:
+        shown = bad[bad.index("\\"):]
+        with pytest.raises(CharLMError, match=re.escape(f"invalid backslash escape '{shown}'")):
+            prime(bad)
+    # visualize's literal text= decodes the same way
+    text, _ = resolve_text(OmegaConf.create({"text": "é\\nПривет", "escapes": True}), {"charlm": {"data": {}}})
+    assert text == "é\nПривет"
+    r = cli("sample", f"ckpt={ckpt_of(shakes_run)}", "prime='\\xZZ'", "escapes=true", f"hydra.run.dir={tmp_path / 's'}")
+    assert_clean_error(r, "invalid backslash escape '\\xZZ' at character 0", "escapes=false")
 
 
 def test_length_counts_new_characters_even_when_shorter_than_the_prime(tmp_path, shakes_run):
@@ -552,10 +639,23 @@ def test_truncated_or_foreign_checkpoint_is_a_clear_error_naming_the_file(tmp_pa
     text.write_text("this is not a checkpoint\n")
     tensor = tmp_path / "tensor.ckpt"
     torch.save(torch.zeros(3), tensor)
-    for bad, needle in [(truncated, "is not a readable checkpoint"), (text, "is not a readable checkpoint"),
-                        (tensor, "is not a Lightning checkpoint")]:
-        with pytest.raises(CharLMError, match=re.escape(f"{bad} {needle}")):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    for bad, needle in [(truncated, "is not a readable checkpoint"), (text, "is not a checkpoint file (neither a zip"),
+                        (REPO / "README.md", "is not a checkpoint file"), (empty, "is not a checkpoint file (it is empty)"),
+                        (tensor, "is not a Lightning checkpoint"), (Path("/dev/null"), "is not a regular file")]:
+        with pytest.raises(CharLMError, match=re.escape(f"{bad} {needle}")) as e:
             load_checkpoint(bad)
+        assert "weights_only" not in str(e.value) and "refused" not in str(e.value) and len(str(e.value)) < 400
+    # a damaged pickle inside a zip is damaged, not refused; torch's reason is one short line
+    damaged = bytearray(good)
+    i = damaged.index(b"charlm")
+    damaged[i : i + 6] = b"\xff\xfe\xfd\xfc\xfb\xfa"
+    dmg = tmp_path / "damaged.ckpt"
+    dmg.write_bytes(bytes(damaged))
+    with pytest.raises(CharLMError) as e:
+        load_checkpoint(dmg)
+    assert str(dmg) in str(e.value) and "refused" not in str(e.value) and "\n" not in str(e.value)
     # every way a user hands over a checkpoint: sample, eval, resume=, init_from=, ckpt_path=
     for app, extra in [("sample", []), ("eval", ["split=val"])]:
         r = cli(app, f"ckpt={truncated}", *extra, f"hydra.run.dir={tmp_path / 'x'}")
@@ -582,8 +682,10 @@ def test_checkpoint_whose_pickle_runs_code_is_refused_and_the_code_never_runs(tm
     evil = tmp_path / "checkpoints" / "last.ckpt"  # a run dir layout, for resume=<run dir> too
     evil.parent.mkdir()
     torch.save(ck, evil)
-    with pytest.raises(CharLMError, match=f"refused to load {re.escape(str(evil))}"):
+    with pytest.raises(CharLMError, match=f"refused to load {re.escape(str(evil))}") as e:
         load_checkpoint(evil)
+    # torch's own reason in one line (the blocked GLOBAL), without its general advice paragraph
+    assert re.search(r"GLOBAL \S*open\b", str(e.value)) and "weights_only" not in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(CharLMError, match="refused to load"):
         AtomicCheckpointIO().load_checkpoint(evil)  # Lightning's path for ckpt_path=
     for app, extra in [("sample", []), ("eval", ["split=val"])]:

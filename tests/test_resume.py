@@ -108,6 +108,20 @@ def test_resume_refuses_changes_and_allows_extension(compose, tmp_path, tiny_cor
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 16
 
 
+def test_resume_from_an_earlier_best_checkpoint_moves_a_newer_last_ckpt_aside(compose, tmp_path, tiny_corpus, caplog):
+    run = tmp_path / "run"
+    train(compose("train", run, _overrides(tiny_corpus, 20)))  # best-k at steps 10 and 20, last.ckpt at 20
+    ckdir = run / "checkpoints"
+    best10 = next(ckdir.glob("step000010-*.ckpt"))
+    last_bytes = (ckdir / "last.ckpt").read_bytes()
+    with caplog.at_level("WARNING"):
+        train(compose("train", tmp_path / "x", [f"resume={best10}", "trainer.max_steps=12"]))
+    aside = ckdir / "last-step20.ckpt"
+    assert aside.read_bytes() == last_bytes  # the newer checkpoint is kept, untouched
+    assert "step 10" in caplog.text and "newer (step 20)" in caplog.text and str(aside) in caplog.text
+    assert torch.load(ckdir / "last.ckpt", weights_only=True)["global_step"] == 12
+
+
 def test_resume_without_checkpoint_is_an_error(compose, tmp_path, tiny_corpus):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CharLMError, match="no checkpoint found"):
@@ -157,6 +171,10 @@ def test_signal_writes_resumable_checkpoint(tmp_path, tiny_corpus, sig):
     ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ck["global_step"] > 0, out[-2000:]
     assert f"resume={run}" in out
+    # an interrupted run is not a finished one: 128 + signal number, as shells report, and says so
+    assert proc.returncode == 128 + sig, (proc.returncode, out[-2000:])
+    assert f"training interrupted at step {ck['global_step']:,} ({sig.name})" in out and "training finished" not in out
+    assert f"resume it:   charlm-train resume={run}" in out
 
 
 @pytest.mark.slow

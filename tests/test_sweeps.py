@@ -104,3 +104,20 @@ def test_debug_overfit_drives_the_train_loss_towards_zero(compose, tmp_path):
     rows = [r for r in csv.DictReader(open(tmp_path / "csv" / "metrics.csv")) if r.get("train/loss")]
     first, last = float(rows[0]["train/loss"]), float(rows[-1]["train/loss"])
     assert last < 0.1 and last < first / 20, (first, last)
+
+
+def test_job_report_records_a_signal_stopped_job_as_interrupted(tmp_path):
+    """A job stopped by SIGINT/SIGTERM (train() raises TrainingInterrupted after writing
+    last.ckpt) is recorded as INTERRUPTED, not COMPLETED or a generic failure."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from charlm.sweeps import JOB_STATUS_FILE, JobReport
+    from charlm.training.resume import TrainingInterrupted
+
+    config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}, "job": {"num": 3}}})
+    ret = JobReturn(overrides=["model.hidden_size=32"], status=JobStatus.FAILED,
+                    _return_value=TrainingInterrupted("SIGINT", 17, {"val/loss": 2.0}))
+    JobReport().on_job_end(config, ret)
+    status = OmegaConf.load(tmp_path / JOB_STATUS_FILE)
+    assert status.status == "INTERRUPTED" and "SIGINT at step 17" in status.error
+    assert TrainingInterrupted("SIGINT", 1).exit_code == 130 and TrainingInterrupted("SIGTERM", 1).exit_code == 143

@@ -96,10 +96,13 @@ def test_sample_cli(trained):
     r = run_cli("sample", f"ckpt={ckpt}", "prime=ROMEO:", "length=120", "seed=3", "num_samples=2", f"hydra.run.dir={out}/s")
     assert r.returncode == 0, r.stderr.decode()
     text = r.stdout.decode("utf-8")
-    parts = text.split("\n\n")
-    assert text.startswith("ROMEO:") and len(text) >= 2 * 126
+    parts = text.split("--- sample ")
+    assert parts[0] == "" and parts[1].startswith("1/2 ---\nROMEO:") and parts[2].startswith("2/2 ---\nROMEO:")
+    assert len(text) >= 2 * 126 and (out / "s" / "samples.txt").read_text(encoding="utf-8") == text
+    one = run_cli("sample", f"ckpt={ckpt}", "prime=ROMEO:", "length=20", "seed=3", f"hydra.run.dir={out}/s1")
+    assert one.stdout.decode("utf-8").startswith("ROMEO:") and b"--- sample" not in one.stdout  # one sample: no header
     r2 = run_cli("sample", f"ckpt={ckpt}", "prime=ROMEO:", "length=120", "seed=3", "num_samples=2", f"hydra.run.dir={out}/s2")
-    assert r2.stdout == r.stdout and len(parts) >= 2
+    assert r2.stdout == r.stdout and len(parts) == 3
 
 
 def test_eval_cli(trained, tmp_path):

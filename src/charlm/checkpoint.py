@@ -95,19 +95,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise CharLMError(f"{path} is a folder without a checkpoint (looked for last.ckpt under it); give a .ckpt file.")
         path = candidate
     if not path.is_file():
-        raise CharLMError(f"checkpoint {path} does not exist; give the path of a .ckpt file (e.g. <run dir>/checkpoints/last.ckpt).")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise CharLMError(f"checkpoint {path} {what}; give the path of a .ckpt file (e.g. <run dir>/checkpoints/last.ckpt).")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..), torch < 1.6 a bare pickle (protocol opcode 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise CharLMError(
+            f"{path} is not a checkpoint file ({'it is empty' if not head else 'neither a zip archive nor a pickle'}); "
+            "give a .ckpt file written by charlm-train (e.g. <run dir>/checkpoints/last.ckpt)."
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():  # a damaged pickle, not a refused one
-            raise CharLMError(f"{path} is not a readable checkpoint (truncated or damaged: {str(e)[:200]}).") from None
+        if not _is_refusal(str(e)):  # a damaged pickle, not a refused one
+            raise CharLMError(f"{path} is not a readable checkpoint (truncated or damaged: {_reason(e)}).") from None
         raise CharLMError(
             f"refused to load {path}: it is not a plain checkpoint (its pickle asks for code or objects "
-            f"that a weights-only load does not allow: {str(e).splitlines()[0][:200]}). Only load checkpoints you trust."
+            f"that a weights-only load does not allow: {_reason(e)}). Only load checkpoints you trust."
         ) from None
     except Exception as e:  # torch.load fails in many ways on a damaged or foreign file (RuntimeError, EOFError, IndexError, ...)
         raise CharLMError(
-            f"{path} is not a readable checkpoint (truncated or not a checkpoint file: {type(e).__name__}: {str(e)[:200]}). "
+            f"{path} is not a readable checkpoint (truncated or not a checkpoint file: {type(e).__name__}: {_reason(e)}). "
             "Use another checkpoint (the run's best-k ones, or an earlier last.ckpt)."
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -115,6 +124,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if "charlm" not in ckpt:
         raise CharLMError(f"{path} is not a charlm checkpoint (no 'charlm' entry with the vocabulary and model config).")
     return ckpt
+
+
+def _is_refusal(message: str) -> bool:
+    """Whether torch's weights-only unpickler refused an object (a GLOBAL, i.e. code or a class it
+    does not allow) rather than failing on a damaged stream ("Unsupported operand", truncation)."""
+    m = message.lower()
+    return "weights only load failed" in m and ("global" in m or "allowlisted" in m or "unsupported class" in m)
+
+
+#: Lines of torch's weights-only message that explain torch, not this file.
+_BOILERPLATE = ("weights only load failed", "please file an issue", "check the documentation")
+
+
+def _reason(e: BaseException, limit: int = 200) -> str:
+    """The informative part of a torch.load error, short: its first line that is not torch's
+    general advice, cut after a whole sentence when longer than ``limit`` characters."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    lines = [ln.split("WeightsUnpickler error:", 1)[-1].strip() or ln for ln in lines]
+    useful = [ln for ln in lines if not ln.lower().startswith(_BOILERPLATE) and not ln.startswith(("(1)", "(2)"))]
+    useful = [ln for ln in useful if "GLOBAL" in ln] or useful  # the refused object, when there is one
+    line = (useful or lines or [type(e).__name__])[0]
+    if len(line) > limit:
+        cut = line.rfind(". ", 0, limit)
+        line = line[: cut + 1] if cut > 0 else line[:limit].rsplit(" ", 1)[0] + " ..."
+    return line.rstrip(".")  # it is embedded in a sentence
 
 
 def _find_last(folder: Path) -> Path | None:

@@ -144,7 +144,7 @@ class JobReport(Callback):
     * ``on_multirun_start``: creates the folder of a ``sqlite:///`` Optuna storage (SQLite does
       not create parent folders).
     * ``on_job_end``: writes ``<job dir>/job_status.yaml`` (``status``, ``overrides``, ``value`` or
-      ``error``) and logs a failed job with its overrides and run dir. Hydra's BasicLauncher runs
+      ``error``; ``INTERRUPTED`` for a job stopped by SIGINT/SIGTERM) and logs a failed job with its overrides and run dir. Hydra's BasicLauncher runs
       the remaining jobs of the batch after a failure, then exits non-zero with the first error.
     """
 
@@ -159,8 +159,12 @@ class JobReport(Callback):
         out = Path(str(config.hydra.runtime.output_dir))
         overrides = list(job_return.overrides or [])
         status: dict[str, Any] = {"status": job_return.status.name, "overrides": overrides}
-        if job_return.status == JobStatus.FAILED:
-            err = job_return._return_value
+        err = job_return._return_value if job_return.status == JobStatus.FAILED else None
+        if type(err).__name__ == "TrainingInterrupted":  # stopped by a signal, last.ckpt written
+            status.update(status="INTERRUPTED", error=str(err))
+            log.warning("job %s INTERRUPTED (%s): %s; resume with charlm-train resume=%s",
+                        config.hydra.job.num, " ".join(overrides), err, out)
+        elif job_return.status == JobStatus.FAILED:
             status["error"] = f"{type(err).__name__}: {err}"
             log.error("job %s FAILED (%s): %s; run dir %s", config.hydra.job.num, " ".join(overrides), status["error"], out)
             if not isinstance(err, CharLMError):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
+import re
 import sys
 
 from charlm.errors import CharLMError
@@ -56,6 +58,44 @@ def quote_unicode_overrides(argv: list[str]) -> list[str]:
 def fix_argv() -> None:
     """Apply :func:`quote_unicode_overrides` to ``sys.argv`` (before Hydra parses it)."""
     sys.argv[1:] = quote_unicode_overrides(sys.argv[1:])
+
+
+#: One backslash escape that Python string literals understand (the ``unicode_escape`` codec).
+_ESCAPE = re.compile(r"""\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^{}]+\}|[0-7]{1,3}|[\\'"abfnrtv\n])""")
+
+
+def decode_escapes(text: str, option: str = "prime") -> str:
+    """Apply Python's backslash escapes (``\\n``, ``\\t``, ``\\\\``, ``\\xHH``, ``\\uHHHH``,
+    ``\\UHHHHHHHH``, ``\\N{name}``, octal ``\\ooo``) in ``text``, leaving every other
+    character, non-ASCII included (``é``, ``Привет``, ``😀``), exactly as given.
+
+    Only the escapes are decoded (by the ``unicode_escape`` codec): encoding the whole text to
+    UTF-8 and decoding it as ``unicode_escape`` garbles non-ASCII characters (``é`` -> ``Ã©``).
+
+    Raises:
+        CharLMError: on an invalid or unknown escape (``\\xZZ``, ``\\q``, a lone final
+            backslash, an unknown ``\\N{name}``), naming it, its position and ``option``.
+    """
+    out: list[str] = []
+    i = 0
+    while (j := text.find("\\", i)) >= 0:
+        out.append(text[i:j])
+        m = _ESCAPE.match(text, j)
+        try:
+            if m is None:
+                raise ValueError
+            out.append(codecs.decode(m.group(0).encode("latin-1", "backslashreplace"), "unicode_escape"))
+        except (ValueError, UnicodeDecodeError):
+            kind = text[j + 1 : j + 2]
+            end = text.find("}", j) + 1 if kind == "N" and "}" in text[j:] else j + {"x": 4, "u": 6, "U": 10}.get(kind, 2)
+            raise CharLMError(
+                f"{option}: invalid backslash escape '{text[j:end]}' at character {j}; with escapes=true write "
+                "\\n, \\t, \\\\ (a backslash), \\xHH, \\uHHHH, \\UHHHHHHHH, \\N{name} or octal \\ooo, "
+                "or set escapes=false to take the text as typed"
+            ) from None
+        i = m.end()
+    out.append(text[i:])
+    return "".join(out)
 
 
 def is_multirun() -> bool:

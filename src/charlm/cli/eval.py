@@ -28,6 +28,9 @@ from charlm.evaluation.evaluate import evaluate, remap_ids
 
 log = logging.getLogger("charlm.eval")
 
+#: This app's names for the corpus options that error messages mention (training's are ``data.*``).
+OPTIONS = {"path": "file", "encoding": "encoding"}
+
 
 def run(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.ckpt`` on ``cfg.file`` or on split ``cfg.split`` of its training corpus."""
@@ -41,7 +44,7 @@ def run(cfg: DictConfig) -> dict:
     newline = data.get("newline", "normalize")
     cache_dir = cfg.paths.get("cache_dir")
     if cfg.get("file"):
-        corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir)
+        corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir, options=OPTIONS)
         ids, what = corpus.ids, str(corpus.source)
     else:
         split = str(cfg.split)
@@ -53,7 +56,7 @@ def run(cfg: DictConfig) -> dict:
                 f"the checkpoint's training corpus {source!r} is not available here; evaluate a file instead: "
                 "charlm-eval ckpt=... file=<text file>"
             )
-        corpus = prepare_corpus(source, encoding, newline, cache_dir)
+        corpus = prepare_corpus(source, encoding, newline, cache_dir, options=OPTIONS)
         if data.get("sha256") and corpus.sha256 != data["sha256"]:
             log.warning("%s changed since training (sha256 differs): its splits may not be the ones trained on", source)
         b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[("train", "val", "test").index(split)]

@@ -4,8 +4,8 @@
         temperature=0.8 top_k=null num_samples=3 seed=1
 
 Non-ASCII primes work unquoted (``prime=Привет``, see :func:`charlm.cli.common.quote_unicode_overrides`);
-``prime_file=<UTF-8 file>`` takes any text without quoting. ``length`` counts new characters; ``temperature=0`` is greedy. Output is UTF-8 on stdout (one
-sample after another, separated by a blank line when ``num_samples > 1``) and is also saved to
+``prime_file=<UTF-8 file>`` takes any text without quoting. ``length`` counts new characters; ``temperature=0`` is greedy. Output is UTF-8 on stdout (with
+``num_samples > 1`` each sample follows a ``--- sample i/n ---`` line) and is also saved to
 ``samples.txt`` in the app's output dir.
 """
 
@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
+from charlm.cli.common import clean_errors, decode_escapes, fix_argv, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.vocab import describe_chars
 from charlm.errors import CharLMError
@@ -48,7 +48,8 @@ def read_prime(cfg: DictConfig) -> str | None:
     included).
 
     Raises:
-        CharLMError: if both are given, or the file is missing or not UTF-8 (with the byte offset).
+        CharLMError: if both are given, the file is missing or not UTF-8 (with the byte offset), or
+            the prime has an invalid backslash escape (:func:`~charlm.cli.common.decode_escapes`).
     """
     prime = cfg.get("prime")
     path = cfg.get("prime_file")
@@ -68,8 +69,15 @@ def read_prime(cfg: DictConfig) -> str | None:
         return None
     if not cfg.get("escapes"):
         return str(prime)
-    # backslashreplace keeps non-Latin-1 characters (Привет, 😀) intact through unicode_escape
-    return str(prime).encode("latin-1", "backslashreplace").decode("unicode_escape")
+    return decode_escapes(str(prime), "prime")
+
+
+def join_samples(texts: list[str]) -> str:
+    """The samples as printed: one sample alone as is; several each under a ``--- sample i/n ---``
+    line (a blank line is no separator in text that has blank lines itself). Ends with a newline."""
+    if len(texts) == 1:
+        return texts[0] + "\n"
+    return "\n".join(f"--- sample {i + 1}/{len(texts)} ---\n{t}\n" for i, t in enumerate(texts))
 
 
 def run(cfg: DictConfig) -> list[str]:
@@ -95,17 +103,13 @@ def run(cfg: DictConfig) -> list[str]:
         seed=cfg.seed,
         drop_unknown=bool(cfg.drop_unknown),
     )
-    out = sys.stdout
-    for i, text in enumerate(texts):
-        if i:
-            out.write("\n\n")
-        out.write(text)
-    out.write("\n")
-    out.flush()
+    joined = join_samples(texts)
+    sys.stdout.write(joined)
+    sys.stdout.flush()
     if cfg.paths.get("output_dir"):
         path = Path(cfg.paths.output_dir) / "samples.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+        path.write_text(joined, encoding="utf-8")
     return texts
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from charlm.checkpoint import AtomicCheckpointIO
-from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
+from charlm.cli.common import clean_errors, fix_argv, is_multirun, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
@@ -42,14 +44,16 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[CharData
         data=dm.config(),
         nonfinite=cfg.get("nonfinite", "stop"),
     )
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)  # type: ignore[union-attr]
     callbacks += [
         resume.RunInfo(resolved, resume.run_overrides(overrides or [])),  # type: ignore[arg-type]
         resume.StopControl(cfg.get("stop_after_steps")),
     ]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
@@ -67,7 +71,12 @@ def log_config(trainer: L.Trainer, cfg: DictConfig, module: CharLM) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training from a composed config; returns the final metrics (``val/loss``,
-    ``val/bpc``, ``val/ppl`` when a val split exists, ``best/val_bpc``)."""
+    ``val/bpc``, ``val/ppl`` when a val split exists, ``best/val_bpc``).
+
+    Raises:
+        resume.TrainingInterrupted: after a run stopped by SIGINT/SIGTERM (``last.ckpt`` written,
+            summary printed), carrying the metrics and the exit code to use.
+    """
     resume.check_multirun_ddp(cfg)
     overrides = resume.current_overrides(cfg)
     ckpt_path = cfg.get("ckpt_path")
@@ -93,15 +102,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     log_config(trainer, cfg, module)
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    sigterm = False
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except SIGTERMException:  # Lightning's loops end a SIGTERMed fit with SystemExit(0), after StopControl's save
+        sigterm = True
     wall = time.time() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = _best_val(trainer)
     if best is not None:
         metrics["best/val_loss"] = best
         metrics["best/val_bpc"] = best / math.log(2)
+    stop = next((cb for cb in trainer.callbacks if isinstance(cb, resume.StopControl)), None)
+    interrupted = (stop.interrupted if stop is not None else None) or ("SIGTERM" if sigterm else None)
     if trainer.is_global_zero:
-        summarize(cfg, trainer, module, metrics, wall)
+        summarize(cfg, trainer, module, metrics, wall, interrupted)
+    if interrupted:
+        raise resume.TrainingInterrupted(interrupted, trainer.global_step, metrics)
     return metrics
 
 
@@ -112,8 +129,10 @@ def _best_val(trainer: L.Trainer) -> float | None:
     return None
 
 
-def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict[str, float], wall: float) -> None:
-    """Print the final metrics, a short sample and where everything went."""
+def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict[str, float], wall: float,
+              interrupted: str | None = None) -> None:
+    """Print the final metrics, a short sample and where everything went (``interrupted``: the
+    signal that stopped the run early, said in the heading)."""
     from rich.console import Console
 
     from charlm.data.vocab import Vocab
@@ -121,7 +140,10 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
 
     console = Console(highlight=False, soft_wrap=True)
     out = Path(cfg.paths.output_dir)
-    console.rule("[bold]charlm: training finished")
+    if interrupted:
+        console.rule(f"[bold]charlm: training interrupted at step {trainer.global_step:,} ({interrupted})")
+    else:
+        console.rule("[bold]charlm: training finished")
     console.print(f"steps: {trainer.global_step:,} in {wall / 60:.1f} min")
     if "val/loss" in metrics:
         console.print(
@@ -132,13 +154,16 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
         console.print(f"best val loss: {metrics['best/val_loss']:.4f} nats/char ({metrics['best/val_bpc']:.4f} bpc)")
     text = sample(module.net, Vocab(module.vocab), None, 300, temperature=0.8, seed=cfg.seed)[0]
     console.rule("sample (temperature 0.8)")
-    console.print(text, markup=False)
+    console.print(text, markup=False, emoji=False)  # verbatim: `:x:` or `[b]` in text stay as typed
     console.rule()
-    console.print(f"run dir:     {out}")
-    console.print(f"checkpoints: {out / 'checkpoints'} (last.ckpt, best by val/loss)")
+    console.print(f"run dir:     {out}", markup=False, emoji=False)
+    console.print(f"checkpoints: {out / 'checkpoints'} (last.ckpt, best by val/loss)", markup=False, emoji=False)
     if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
-        console.print(f"W&B files:   {out / 'wandb'} (offline; upload with `wandb sync {out / 'wandb'}/offline-run-*`)")
-    console.print(f"sample it:   charlm-sample ckpt={out / 'checkpoints' / 'last.ckpt'}")
+        console.print(f"W&B files:   {out / 'wandb'} (offline; upload with `wandb sync {out / 'wandb'}/offline-run-*`)",
+                      markup=False, emoji=False)
+    console.print(f"sample it:   charlm-sample ckpt={out / 'checkpoints' / 'last.ckpt'}", markup=False, emoji=False)
+    if interrupted:
+        console.print(f"resume it:   charlm-train resume={out}", markup=False, emoji=False)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -146,13 +171,21 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
 def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the best ``val/bpc`` (the value a sweeper optimises). The W&B
     run is named/grouped by the job's overrides and sweep, and finished even when training fails
-    (see :mod:`charlm.sweeps`)."""
+    (see :mod:`charlm.sweeps`). A run stopped by SIGINT/SIGTERM exits 130/143 as shells do (in a
+    multirun the job fails and ``job_status.yaml`` says ``INTERRUPTED``)."""
     name_wandb_run(cfg)
     metrics = None
+    interrupted = None
     try:
         metrics = train(cfg)
+    except resume.TrainingInterrupted as e:
+        interrupted = e
     finally:
         finish_wandb(metrics, failed=metrics is None)
+    if interrupted is not None:
+        if is_multirun():
+            raise interrupted
+        sys.exit(interrupted.exit_code)
     return objective(metrics)
 
 

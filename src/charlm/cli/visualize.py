@@ -19,10 +19,10 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
+from charlm.cli.common import clean_errors, decode_escapes, fix_argv, utf8_stdout
 from charlm.cli.sample import pick_device
 from charlm.config import config_dir
-from charlm.data.corpus import prepare_corpus
+from charlm.data.corpus import prepare_corpus, read_text
 from charlm.data.streams import split_bounds
 from charlm.errors import CharLMError
 from charlm.visualize.build import visualize_samples, visualize_text
@@ -35,29 +35,25 @@ SPLITS = ("train", "val", "test")
 def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
     """The text to show and a description of where it came from.
 
-    ``cfg.text`` is read as a file when such a file exists (with the checkpoint's encoding and
-    newline handling), else taken literally; when it is null, ``max_chars`` characters from
+    ``cfg.text`` is read as a file when such a file exists (with ``cfg.encoding`` or else the
+    checkpoint's encoding, and the checkpoint's newline handling), else taken literally; when it is null, ``max_chars`` characters from
     ``offset`` into split ``cfg.split`` of the checkpoint's training corpus.
 
     Raises:
-        CharLMError: on a bad split, or a corpus that is not available here.
+        CharLMError: on a bad split, a corpus that is not available here, a text file that is
+            not valid in the encoding (with the byte offset), or a bad backslash escape.
     """
     data = ckpt["charlm"].get("data") or {}
-    encoding = data.get("encoding", "utf-8")
+    encoding = cfg.get("encoding") or data.get("encoding", "utf-8")
     newline = data.get("newline", "normalize")
     text = cfg.get("text")
     if text is not None:
         text = str(text)
         p = Path(text).expanduser()
         if len(text) < 4096 and p.is_file():
-            raw = p.read_bytes().decode(encoding)
-            if raw.startswith("\ufeff"):
-                raw = raw[1:]
-            if newline == "normalize":
-                raw = raw.replace("\r\n", "\n").replace("\r", "\n")
-            return raw, str(p)
+            return read_text(p, encoding, newline, options={"path": "text", "encoding": "encoding"}), str(p)
         if cfg.get("escapes"):
-            text = text.encode("utf-8").decode("unicode_escape")
+            text = decode_escapes(text, "text")
         return text, "the given text"
     split = str(cfg.split)
     if split not in SPLITS:
@@ -68,7 +64,7 @@ def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
             f"the checkpoint's training corpus {source!r} is not available here; give the text: "
             "charlm-visualize ckpt=... text=<file or string>"
         )
-    corpus = prepare_corpus(source, encoding, newline, cfg.paths.get("cache_dir"))
+    corpus = prepare_corpus(source, encoding, newline, cfg.paths.get("cache_dir"), options={"encoding": "encoding"})
     b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[SPLITS.index(split)]
     offset = int(cfg.get("offset") or 0)
     if offset < 0 or b + offset >= e:

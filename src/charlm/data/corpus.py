@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,27 +167,53 @@ def resolve_corpus_path(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_options(encoding: str, newline: str) -> str:
+#: The options named in error messages, by role: charlm-train's by default. Apps whose options
+#: have other names (charlm-eval's ``file=`` and ``encoding=``) pass their own (``options=``).
+DATA_OPTIONS = {"path": "data.path", "encoding": "data.encoding", "newline": "data.newline"}
+
+
+def _names(options: Mapping[str, str] | None) -> dict[str, str]:
+    return {**DATA_OPTIONS, **(options or {})}
+
+
+def _check_options(encoding: str, newline: str, options: Mapping[str, str] | None = None) -> str:
+    opt = _names(options)
     try:
         codec = codecs.lookup(encoding)
     except LookupError:
         raise CharLMError(
-            f"unknown text encoding data.encoding={encoding!r}; use a Python codec name such as "
+            f"unknown text encoding {opt['encoding']}={encoding!r}; use a Python codec name such as "
             "'utf-8', 'latin-1', 'cp1252' or 'gbk'."
         ) from None
     if newline not in NEWLINE_MODES:
-        raise CharLMError(f"data.newline={newline!r} is not one of {NEWLINE_MODES}")
+        raise CharLMError(f"{opt['newline']}={newline!r} is not one of {NEWLINE_MODES}")
     return codec.name
 
 
-def iter_decoded(path: Path, encoding: str, newline: str, stats: dict, chunk_bytes: int = CHUNK_BYTES):
+def read_text(path: str | os.PathLike, encoding: str = "utf-8", newline: str = "normalize",
+              options: Mapping[str, str] | None = None) -> str:
+    """The whole text of a (small) file decoded as :func:`prepare_corpus` decodes it: strict
+    ``encoding``, byte-order mark dropped, newlines per ``newline``; no cache.
+
+    Raises:
+        CharLMError: if an option is invalid or a byte cannot be decoded (with its byte offset and
+            the option to change, named per ``options`` as in :func:`prepare_corpus`).
+    """
+    encoding = _check_options(encoding, newline, options)
+    return "".join(iter_decoded(Path(path), encoding, newline, {}, options=options))
+
+
+def iter_decoded(path: Path, encoding: str, newline: str, stats: dict, chunk_bytes: int = CHUNK_BYTES,
+                 options: Mapping[str, str] | None = None):
     """Yield the decoded, BOM-stripped, newline-normalised text of ``path`` in chunks (str).
 
     Fills ``stats`` with ``newline_replacements`` and ``bom_removed``.
 
     Raises:
-        CharLMError: on an undecodable byte, giving its byte offset and the option to change.
+        CharLMError: on an undecodable byte, giving its byte offset and the option to change
+            (``options["encoding"]``, default ``data.encoding``).
     """
+    enc_opt = _names(options)["encoding"]
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     stats["newline_replacements"] = 0
     stats["bom_removed"] = False
@@ -204,8 +231,8 @@ def iter_decoded(path: Path, encoding: str, newline: str, stats: dict, chunk_byt
                 pos = offset - pending + e.start
                 raise CharLMError(
                     f"{path} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at byte offset "
-                    f"{pos} cannot be decoded ({e.reason}). Set data.encoding to the file's encoding "
-                    "(for example data.encoding=latin-1 or data.encoding=gbk), or fix the file."
+                    f"{pos} cannot be decoded ({e.reason}). Set {enc_opt}=<the file's encoding> "
+                    f"(for example {enc_opt}=latin-1 or {enc_opt}=gbk), or fix the file."
                 ) from None
             offset += len(raw)
             if first and text:
@@ -282,6 +309,7 @@ def prepare_corpus(
     newline: str = "normalize",
     cache_dir: str | os.PathLike | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    options: Mapping[str, str] | None = None,
 ) -> PreparedCorpus:
     """Decode a text file into ids, served from (or written to) the cache.
 
@@ -291,6 +319,8 @@ def prepare_corpus(
         newline: ``"normalize"`` turns ``\\r\\n`` and lone ``\\r`` into ``\\n``; ``"keep"`` leaves them.
         cache_dir: cache root (default :func:`default_cache_dir`).
         chunk_bytes: bytes per chunk; bounds peak memory.
+        options: the names of the ``path``/``encoding``/``newline`` options in the app in use, for
+            error messages (default :data:`DATA_OPTIONS`, charlm-train's ``data.*``).
 
     Returns:
         the :class:`PreparedCorpus`; its ``ids`` is a read-only memory map.
@@ -301,8 +331,9 @@ def prepare_corpus(
     """
     source = Path(path).expanduser()
     if not source.is_file():
-        raise CharLMError(f"corpus file {source} does not exist; set data.path to a text file.")
-    encoding = _check_options(encoding, newline)
+        what = "is not a regular file" if source.exists() else "does not exist"
+        raise CharLMError(f"corpus file {source} {what}; set {_names(options)['path']}=<a text file>.")
+    encoding = _check_options(encoding, newline, options)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     st = source.stat()
     if st.st_size == 0:
@@ -335,7 +366,7 @@ def prepare_corpus(
     entry = _entry_dir(cache_root, sha, encoding, newline)
     prepared = _load_entry(entry, source)
     if prepared is None:
-        _build_entry(source, encoding, newline, sha, entry, chunk_bytes, counted)
+        _build_entry(source, encoding, newline, sha, entry, chunk_bytes, counted, options)
         prepared = _load_entry(entry, source)
         assert prepared is not None
     try:
@@ -349,7 +380,8 @@ def prepare_corpus(
 
 
 def _build_entry(
-    source: Path, encoding: str, newline: str, sha: str, entry: Path, chunk_bytes: int, counted: tuple | None = None
+    source: Path, encoding: str, newline: str, sha: str, entry: Path, chunk_bytes: int, counted: tuple | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> None:
     """Count pass + id pass; writes the cache entry atomically (temporary folder, then rename).
 
@@ -371,7 +403,7 @@ def _build_entry(
             pass  # the reference decoder below raises the error with its byte offset
     stats = {}
     counts = np.zeros(0, dtype=np.int64)
-    for text in iter_decoded(source, encoding, newline, stats, chunk_bytes):
+    for text in iter_decoded(source, encoding, newline, stats, chunk_bytes, options):
         c = np.bincount(_codepoints(text))
         if c.shape[0] > counts.shape[0]:
             c[: counts.shape[0]] += counts

@@ -53,7 +53,16 @@ def evaluate(
 
     Returns:
         ``{"loss": nats/char, "bpc": bits/char, "ppl": perplexity, "chars": characters scored}``.
+
+    Raises:
+        CharLMError: if ``ids`` has fewer than 2 characters (nothing to predict).
     """
+    n = int(ids.shape[0])
+    if n < 2:
+        raise CharLMError(
+            f"the text to evaluate has {n} character(s); evaluation needs at least 2 characters "
+            "(the first is read, each later one is predicted)"
+        )
     device = next(net.parameters()).device
     batch_size = max(1, min(int(batch_size), (int(ids.shape[0]) - 1) // 2 or 1))
     loader = BPTTLoader(ids, batch_size, seq_len, cover_all=True, name="evaluation")

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-
+import os
 import random
 import signal
 from pathlib import Path
@@ -256,8 +256,39 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
         log.warning("resuming with changed settings (allow_changes=true):\n  %s", "\n  ".join(changed))
     if extended:
         log.info("resuming with a new run length: %s; %s", "; ".join(extended), describe_extension(old_resolved, new_resolved, step))
+    if run_dir is not None:
+        keep_newer_last(ckpt_path, run_dir, step)
     log.info("resuming %s from %s (step %d)", out_dir, ckpt_path, step)
     return new, ckpt_path, overrides
+
+
+def keep_newer_last(ckpt_path: Path, run_dir: Path, step: int) -> Path | None:
+    """Before resuming a run dir from an earlier checkpoint (a best-k one at ``step``), move a
+    newer ``checkpoints/last.ckpt`` aside to ``last-step<N>.ckpt`` (``last-step<N>-2.ckpt``, ...
+    if taken), with a warning, so the resumed run's first save does not overwrite it.
+
+    Returns the new path of the moved file, or ``None`` when nothing was moved (no last.ckpt,
+    it is ``ckpt_path`` itself, or it is not newer than ``step``).
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file() or last.resolve() == Path(ckpt_path).resolve():
+        return None
+    try:
+        last_step = checkpoint_step(last)
+    except Exception:  # an unreadable last.ckpt is kept aside too: it may still be of use
+        last_step = -1
+    if 0 <= last_step <= step:
+        return None
+    base = f"last-step{last_step}" if last_step >= 0 else "last-unreadable"
+    aside, n = last.with_name(f"{base}.ckpt"), 2
+    while aside.exists():
+        aside, n = last.with_name(f"{base}-{n}.ckpt"), n + 1
+    os.replace(last, aside)
+    log.warning(
+        "resuming from %s (step %d), but the run's last.ckpt is newer (step %d): moved it to %s so it is "
+        "not overwritten (resume=%s continues from it instead)", ckpt_path, step, last_step, aside, aside,
+    )
+    return aside
 
 
 def _resolved(cfg: DictConfig) -> dict:
@@ -443,6 +474,25 @@ class RunInfo(L.Callback):
         checkpoint["charlm_run"] = {"config": self.config, "overrides": self.overrides, "wandb_id": wandb_id}
 
 
+class TrainingInterrupted(Exception):
+    """Raised by :func:`charlm.cli.train.train` after a run stopped on SIGINT/SIGTERM (its
+    ``last.ckpt`` written and the summary printed), so the run is not taken for a finished one.
+
+    Attributes:
+        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+        step: the optimizer step it stopped after.
+        metrics: the metrics at that point (as :func:`~charlm.cli.train.train` returns them).
+        exit_code: ``128 + signal number`` (130 for SIGINT, 143 for SIGTERM), as shells report.
+    """
+
+    def __init__(self, signal_name: str, step: int, metrics: dict[str, float] | None = None):
+        self.signal_name = signal_name
+        self.step = step
+        self.metrics = metrics
+        self.exit_code = 128 + int(getattr(signal, signal_name, signal.SIGTERM))
+        super().__init__(f"training interrupted by {signal_name} at step {step}")
+
+
 class StopControl(L.Callback):
     """Stops training cleanly and writes ``last.ckpt`` at an optimizer-step boundary.
 
@@ -461,6 +511,8 @@ class StopControl(L.Callback):
     def __init__(self, stop_after_steps: int | None = None):
         self.stop_after_steps = int(stop_after_steps) if stop_after_steps else None
         self.signalled: str | None = None
+        #: set when training stopped on a signal (here or on another rank): "SIGINT" or "SIGTERM"
+        self.interrupted: str | None = None
         self._old_sigint = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -510,6 +562,8 @@ class StopControl(L.Callback):
                 break
         if stop:
             trainer.should_stop = True
+            if reason is None or reason in ("SIGINT", "SIGTERM"):  # a signal here or on another rank
+                self.interrupted = reason or "SIGTERM"
             if trainer.is_global_zero:
                 log.warning(
                     "stopped after step %d (%s); last.ckpt written. Continue with: charlm-train resume=%s",
@@ -552,11 +606,13 @@ def check_multirun_ddp(cfg: DictConfig) -> None:
 __all__ = [
     "RunInfo",
     "StopControl",
+    "TrainingInterrupted",
     "check_multirun_ddp",
     "config_changes",
     "find_checkpoint",
     "gather_rng_states",
     "gather_train_state",
+    "keep_newer_last",
     "load_initial_weights",
     "local_train_state",
     "merge_overrides",
