@@ -10,6 +10,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -189,9 +190,24 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return objective(metrics)
 
 
+class _DropAdverts(logging.Filter):
+    """Drop Lightning's "💡 Tip: try installing ..." product adverts from the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_third_party() -> None:
+    """Keep the console for charlm's own lines: no product tips, no deprecation notices from
+    inside Lightning that a user cannot act on."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 def main() -> None:
     utf8_stdout()
     fix_argv()
+    quiet_third_party()
     hydra_main()
 
 
