@@ -56,3 +56,40 @@ def test_offline_run_has_samples_table_over_steps(wandb_run):
     assert data["columns"] == ["step", "temperature", "text"]
     steps = sorted({row[0] for row in data["data"]})
     assert len(steps) == 2 and all(len(row[2]) >= 40 for row in data["data"])
+
+
+def _history_of(offline_run_dir):
+    """``[(step, row), ...]`` of one offline W&B run folder, rows holding ``train/loss``."""
+    from sweep_helpers import read_wandb_records
+
+    (datastore,) = offline_run_dir.glob("run-*.wandb")
+    rows = []
+    for r in read_wandb_records(datastore):
+        if r.WhichOneof("record_type") == "history":
+            row = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+            if "train/loss" in row:
+                rows.append((row["trainer/global_step"], row))
+    return rows
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_wandb_run_without_gap_or_duplicate(tmp_path):
+    """A run cut by stop_after_steps and resumed logs to the same W&B run id, and the step axis
+    of the resumed part continues after the cut: no step is logged twice, none is missing."""
+    args = [*TINY_CLI, "logger=default", "trainer.log_every_n_steps=2"]
+    first = run_cli("charlm.cli.train", [*args, "stop_after_steps=10"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "outputs" / "train" / "runs").iterdir())
+    second = run_cli("charlm.cli.train", [f"resume={run_dir}"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    ids = {p.name.rsplit("-", 1)[1] for p in runs}
+    assert len(ids) == 1, f"the resumed run got a new W&B id: {runs}"
+    before = [s for s, _ in _history_of(runs[0])]
+    after = [s for s, _ in _history_of(runs[1])]
+    assert before and after and max(before) < min(after)
+    steps = before + after
+    assert len(steps) == len(set(steps)) and steps == sorted(steps)
+    gaps = {b - a for a, b in zip(steps, steps[1:])}
+    assert gaps == {2}, f"the step axis has a gap or a duplicate: {steps}"
