@@ -81,6 +81,7 @@ class CharLM(L.LightningModule):
         self.eval_state: State | None = None
         self._tokens = 0
         self._t_last: float | None = None
+        self._last_loss: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ forward
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -120,19 +121,7 @@ class CharLM(L.LightningModule):
             loader.mark_trained()
         loss, state = self._nll(batch, self.train_state, "mean")
         self.train_state = tuple(s.detach() for s in state)
-        if not torch.isfinite(loss) and self.trainer.world_size == 1:
-            # (under DDP the all-reduced gradient norm catches it on every rank at once)
-            step = self.trainer.global_step
-            if self.nonfinite == "skip":
-                log.warning("step %d: non-finite training loss (%s); skipping this step", step, loss.item())
-                self.train_state = None
-                return None  # Lightning skips backward and the optimizer step
-            raise CharLMError(
-                f"non-finite training loss ({loss.item()}) at step {step}: training stopped and no checkpoint "
-                "with these values was written; the last good checkpoint is kept. The weights or the inputs hold "
-                "NaN/Inf: lower optimizer.lr, keep gradient clipping on (trainer.gradient_clip_val), resume from "
-                "the last checkpoint, or set nonfinite=skip to skip such steps."
-            )
+        self._last_loss = loss.detach()  # checked with the gradient norm: one host sync per step
         self._tokens += batch[0].numel()
         # sync_dist: under DDP the mean over all ranks' streams (equal token counts per rank)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
@@ -153,7 +142,8 @@ class CharLM(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip as the Trainer's ``gradient_clip_val``/``gradient_clip_algorithm`` say, log the
-        pre-clipping gradient norm, and stop or skip on a non-finite norm."""
+        pre-clipping gradient norm, and stop or skip on a non-finite loss or gradient norm (one
+        check per step, here: a non-finite loss makes the norm non-finite too)."""
         params = [p for p in self.parameters() if p.grad is not None]
         if not params:
             return
@@ -162,20 +152,27 @@ class CharLM(L.LightningModule):
         if gradient_clip_val and gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val), foreach=True)
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-        if not torch.isfinite(norm):
-            step = self.trainer.global_step
-            if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-                return  # fp16 loss scaling: the GradScaler skips this step and lowers its scale
-            if self.nonfinite == "skip":
-                log.warning("step %d: non-finite gradient norm (%s); skipping this optimizer step", step, norm.item())
-                for p in params:
-                    p.grad = None  # torch optimizers leave parameters without a gradient untouched
-                return
-            raise CharLMError(
-                f"non-finite gradient norm ({norm.item()}) at step {step}: training stopped and no checkpoint "
-                "with these values was written. Lower optimizer.lr, keep gradient clipping on "
-                "(trainer.gradient_clip_val), or set nonfinite=skip to skip such steps."
-            )
+        if torch.isfinite(norm):  # the only host sync of the step: a NaN/Inf loss gives a NaN norm too
+            return
+        step = self.trainer.global_step
+        loss = self._last_loss
+        bad_loss = loss is not None and not torch.isfinite(loss)
+        if not bad_loss and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16 loss scaling: the GradScaler skips this step and lowers its scale
+        what, value = ("training loss", loss) if bad_loss else ("gradient norm", norm)
+        if self.nonfinite == "skip":
+            log.warning("step %d: non-finite %s (%s); skipping this optimizer step", step, what, value.item())
+            for p in params:
+                p.grad = None  # torch optimizers leave parameters without a gradient untouched
+            if bad_loss:
+                self.train_state = None  # do not carry a NaN/Inf hidden state into the next window
+            return
+        raise CharLMError(
+            f"non-finite {what} ({value.item()}) at step {step}: training stopped and no checkpoint "
+            "with these values was written; the last good checkpoint is kept. Lower optimizer.lr, keep gradient "
+            "clipping on (trainer.gradient_clip_val), resume from the last checkpoint, or set nonfinite=skip to "
+            "skip such steps."
+        )
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:
