@@ -17,6 +17,8 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from charlm.data.streams import IGNORE_INDEX
 from charlm.errors import CharLMError
@@ -38,7 +40,11 @@ class CharLM(L.LightningModule):
             ``vocab_size`` is taken from ``vocab``.
         optimizer: a factory ``params -> torch.optim.Optimizer`` (Hydra ``_partial_``); AdamW
             with lr 2e-3 when ``None``.
-        scheduler: a factory ``(optimizer, total_steps) -> lr_scheduler dict or None`` (see :mod:`charlm.training.schedulers`).
+        scheduler: a factory ``(optimizer, total_steps) -> lr_scheduler dict or None`` (see
+            :mod:`charlm.training.schedulers`); ``total_steps`` is the Trainer's
+            ``estimated_stepping_batches``, ``None`` when only ``trainer.max_time`` bounds the run.
+            A ``ReduceLROnPlateau`` is stepped once per validation with that validation's value
+            of its ``monitor``, never on Lightning's step or epoch clock.
         data: plain-typed description of the training data (stored in checkpoints).
         nonfinite: what a non-finite training loss or gradient norm does: ``"stop"`` (raise,
             naming the step; no checkpoint with NaN weights is written) or ``"skip"`` (skip that
@@ -181,11 +187,45 @@ class CharLM(L.LightningModule):
             optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        total: int | None = 1
+        if self._trainer is not None:
+            # inf when only trainer.max_time bounds the run: a schedule that needs the run's length says so
+            est = self.trainer.estimated_stepping_batches
+            total = int(est) if math.isfinite(est) else None
         sched = self.scheduler_factory(optimizer, total_steps=total)
         if sched is None:
             return optimizer
+        if isinstance(sched.get("scheduler"), ReduceLROnPlateau):
+            # Stepped by on_validation_epoch_end, once per validation with that validation's value
+            # (Lightning would step it on the epoch or step clock with a possibly stale value).
+            sched = {**sched, "reduce_on_plateau": False}
         return {"optimizer": optimizer, "lr_scheduler": sched}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Lightning's per-step/per-epoch scheduler call; schedules driven by a validation metric
+        (``ReduceLROnPlateau``) are left to :meth:`_step_validation_schedulers`."""
+        if isinstance(scheduler, ReduceLROnPlateau):
+            return
+        super().lr_scheduler_step(scheduler, metric)
+
+    def _step_validation_schedulers(self, values: dict[str, float]) -> None:
+        """Step every ``ReduceLROnPlateau`` once, with this validation's value of its ``monitor``
+        (``values``: ``{"val/loss": nats/char, ...}``). Runs before the checkpoint callbacks'
+        ``on_validation_end``, so a checkpoint written at a validation holds the stepped scheduler
+        and a resumed run follows the same learning-rate curve."""
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        for config in trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, ReduceLROnPlateau):
+                monitor = config.monitor or "val/loss"
+                value = values.get(monitor, trainer.callback_metrics.get(monitor))
+                if value is None:
+                    raise CharLMError(
+                        f"the plateau schedule monitors {monitor!r}, which validation does not log; "
+                        f"use one of {sorted(values)}"
+                    )
+                config.scheduler.step(float(value))
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch, metric: CharNLL) -> None:
@@ -210,7 +250,8 @@ class CharLM(L.LightningModule):
         if self.trainer.sanity_checking:
             self.val_nll.reset()
             return
-        self._eval_end(self.val_nll, "val")
+        values = self._eval_end(self.val_nll, "val")
+        self._step_validation_schedulers({f"val/{k}": v for k, v in values.items()})
 
     def on_test_epoch_start(self) -> None:
         self.eval_state = None
