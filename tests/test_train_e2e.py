@@ -158,3 +158,126 @@ def test_names_model_samples_with_default_prime(tmp_path, compose):
     assert " " not in vocab and "\n" in vocab
     text = sample(net, vocab, length=50, seed=0)[0]
     assert len(text) == 51 and set(text) <= set(vocab.chars)
+
+
+# ---------------------------------------------------------------------- the final validation
+def _val_rows(out: Path) -> list[tuple[int, float]]:
+    """``[(optimizer step, val/loss)]`` from a run's CSV (Lightning logs a validation at step N
+    under the logging step N - 1)."""
+    import csv
+
+    with open(out / "csv" / "metrics.csv", newline="") as f:
+        return [(int(r["step"]) + 1, float(r["val/loss"])) for r in csv.DictReader(f) if r.get("val/loss")]
+
+
+def _best_k_state(ckpt: dict) -> dict:
+    """The best-k ``ModelCheckpoint``'s state stored in a checkpoint (not last.ckpt's own)."""
+    states = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint") and v.get("best_k_models")]
+    assert len(states) == 1, list(ckpt["callbacks"])
+    return states[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, val_steps",
+    [
+        (["trainer.max_steps=40", "trainer.val_check_interval=20"], [20, 40]),  # ends on a validation step
+        (["trainer.max_steps=25", "trainer.val_check_interval=10"], [10, 20, 25]),  # ends between two
+        (["trainer.max_steps=5", "trainer.val_check_interval=10"], [5]),  # ends before the first
+        # bounded by epochs: one epoch of the 54,000 training characters is 210 batches of 8 x 32
+        (["trainer.max_steps=-1", "trainer.max_epochs=1", "trainer.val_check_interval=1000"], [210]),
+    ],
+    ids=["on-a-validation-step", "between-validations", "before-the-first-validation", "max_epochs"],
+)
+def test_a_run_validates_its_final_weights_and_everything_describes_last_ckpt(tmp_path, compose, small_corpus, capsys,
+                                                                          overrides, val_steps):
+    from charlm.data.corpus import prepare_corpus
+    from charlm.data.streams import split_bounds
+    from charlm.sweeps import objective
+
+    out = tmp_path / "run"
+    cfg = compose("train", out, FAST_TRAIN + ["data=file", f"data.path={small_corpus}", "trainer.limit_val_batches=null",
+                                              "callbacks.samples.length=0", "~callbacks.visualize",
+                                              "callbacks.last_checkpoint.every_n_train_steps=20", *overrides])
+    metrics = train(cfg)
+    printed = capsys.readouterr().out
+    raw = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    last_step = raw["global_step"]
+    rows = _val_rows(out)
+    assert [s for s, _ in rows] == val_steps and val_steps[-1] == last_step  # the last validation is of the last weights
+
+    # the summary, the returned metrics and the last CSV row are last.ckpt's val loss
+    final = rows[-1][1]
+    assert metrics["val/loss"] == pytest.approx(final, abs=1e-6)
+    assert f"final val loss (step {last_step:,}): {final:.4f} nats/char" in printed
+    net, _ = model_from_checkpoint(load_checkpoint(out / "checkpoints" / "last.ckpt"))
+    c = prepare_corpus(small_corpus)
+    b, e = split_bounds(c.num_chars, (0.9, 0.05, 0.05))[1]
+    assert evaluate(net, c.ids[b:e], batch_size=8, seq_len=32)["loss"] == pytest.approx(final, abs=1e-4)
+
+    # best-k files and the sweep objective include the final validation
+    best = min(v for _, v in rows)
+    files = sorted((out / "checkpoints").glob("step*-val_loss*.ckpt"))
+    assert [int(p.name[4:10]) for p in files] == val_steps  # save_top_k=3: every validation ranks
+    assert metrics["best/val_loss"] == pytest.approx(best, abs=1e-6)
+    assert objective(metrics) == pytest.approx(best / math.log(2), abs=1e-6)
+    assert "(last.ckpt, best by val/loss)" in printed
+
+    # last.ckpt holds the result of the validation at its step (not the one before)
+    state = _best_k_state(raw)
+    assert sorted(Path(p).name for p in state["best_k_models"]) == [p.name for p in files]
+    assert float(state["best_model_score"]) == pytest.approx(best, abs=1e-6)
+    assert float(state["current_score"]) == pytest.approx(final, abs=1e-6)
+    assert Path(state["best_model_path"]).is_file()
+
+
+@pytest.mark.parametrize("off, reason", [
+    ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0"),
+    ("data.splits=[0.95,0.0,0.05]", "data.splits has no val split"),
+], ids=["limit_val_batches=0", "no-val-split"])
+def test_a_run_that_never_validates_says_so_at_start_and_in_the_summary(tmp_path, compose, small_corpus, capsys,
+                                                                        caplog, off, reason):
+    from charlm.sweeps import objective
+
+    out = tmp_path / "run"
+    cfg = compose("train", out, FAST_TRAIN + ["data=file", f"data.path={small_corpus}", "trainer.max_steps=12",
+                                              "trainer.val_check_interval=5", "callbacks.samples.length=0",
+                                              "~callbacks.visualize", off])
+    with caplog.at_level("WARNING"):
+        metrics = train(cfg)
+    printed = capsys.readouterr().out
+    assert f"this run will never validate ({reason})" in caplog.text
+    assert f"no validation ({reason}): no val loss" in printed and "final val loss" not in printed
+    assert "best val loss" not in printed and "(last.ckpt)\n" in printed and "best by val/loss" not in printed
+    assert not any(k.startswith(("val/", "best/")) for k in metrics) and objective(metrics) is None
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"] and not _val_rows(out)
+
+
+def test_a_finished_run_extended_after_its_final_validation_continues_exactly(tmp_path, compose, shakespeare_path):
+    """The run ends at the last batch of its first epoch, between two scheduled validations: its
+    last.ckpt is rewritten after the final validation and must still resume as a step-end one."""
+    import csv
+
+    corpus = tmp_path / "tiny.txt"  # with 8 streams x 32 characters an epoch is 21 training batches
+    corpus.write_text(shakespeare_path.read_text(encoding="utf-8")[:6_000], encoding="utf-8")
+
+    def run(out: Path, steps: int, *extra: str) -> None:
+        train(compose("train", out, FAST_TRAIN + [
+            f"data.path={corpus}", "data=file", "data.splits=[0.9,0.1,0.0]", f"trainer.max_steps={steps}",
+            "trainer.val_check_interval=10", "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1",
+            "callbacks.last_checkpoint.every_n_train_steps=7", "model.dropout=0.2", "callbacks.samples.length=0",
+            "~callbacks.visualize", *extra]))
+
+    def losses(out: Path) -> dict[int, str]:
+        with open(out / "csv" / "metrics.csv", newline="") as f:
+            rows = [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+        assert len({s for s, _ in rows}) == len(rows), "a step logged twice"
+        return dict(rows)
+
+    run(tmp_path / "full", 30)
+    ext = tmp_path / "ext"
+    run(ext, 21)
+    assert _val_rows(ext)[-1][0] == 21
+    train(compose("train", tmp_path / "elsewhere", [f"resume={ext}", "trainer.max_steps=30"]))
+    assert losses(ext) == losses(tmp_path / "full") and len(losses(ext)) == 30
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (tmp_path / "full", ext))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -123,8 +123,9 @@ def finish_wandb(metrics: dict[str, float] | None = None, failed: bool = False) 
 
 
 def objective(metrics: dict[str, float]) -> float | None:
-    """The value a sweeper minimises: the best ``val/bpc`` (bits per character) of the run,
-    else the last ``val/bpc``; ``None`` when the run had no validation.
+    """The value a sweeper minimises: the best ``val/bpc`` (bits per character) of the run (over
+    every validation, the one after the last step included, so it is never worse than the final
+    weights' ``last.ckpt``), else the last ``val/bpc``; ``None`` when the run had no validation.
 
     Raises:
         CharLMError: in a multirun, when that value is NaN or infinite, so that Hydra records the

@@ -27,6 +27,7 @@ from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model.module import CharLM
 from charlm.training import resume
+from charlm.training.callbacks import FinalValidation, LastCheckpoint
 from charlm.sweeps import finish_wandb, name_wandb_run, objective
 
 log = logging.getLogger("charlm.train")
@@ -53,8 +54,11 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[CharData
     resolved.pop("hydra", None)  # type: ignore[union-attr]
     callbacks += [
         resume.RunInfo(resolved, resume.run_overrides(overrides or [])),  # type: ignore[arg-type]
+        FinalValidation(),
         resume.StopControl(cfg.get("stop_after_steps")),
     ]
+    # last.ckpt after the best-k checkpoints: rewritten at a validation, it holds their ranking
+    callbacks.sort(key=lambda c: isinstance(c, LastCheckpoint))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
@@ -146,9 +150,14 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
     else:
         console.rule("[bold]charlm: training finished")
     console.print(f"steps: {trainer.global_step:,} in {wall / 60:.1f} min")
-    if "val/loss" in metrics:
+    final = next((cb for cb in trainer.callbacks if isinstance(cb, FinalValidation)), None)
+    val_step = final.last_val_step if final is not None else None
+    if final is not None and final.off:
+        console.print(f"no validation ({final.off}): no val loss, no best-by-val/loss checkpoints", markup=False)
+    elif "val/loss" in metrics and val_step is not None:
+        which = "final val loss" if val_step == trainer.global_step and not interrupted else "last val loss"
         console.print(
-            f"final val loss: [bold]{metrics['val/loss']:.4f}[/] nats/char, "
+            f"{which} (step {val_step:,}): [bold]{metrics['val/loss']:.4f}[/] nats/char, "
             f"bpc {metrics['val/bpc']:.4f}, perplexity {metrics['val/ppl']:.3f}"
         )
     if "best/val_loss" in metrics:
@@ -158,7 +167,9 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
     console.print(text, markup=False, emoji=False)  # verbatim: `:x:` or `[b]` in text stay as typed
     console.rule()
     console.print(f"run dir:     {out}", markup=False, emoji=False)
-    console.print(f"checkpoints: {out / 'checkpoints'} (last.ckpt, best by val/loss)", markup=False, emoji=False)
+    best_k = any(getattr(cb, "best_k_models", None) for cb in trainer.checkpoint_callbacks)
+    kept = "last.ckpt, best by val/loss" if best_k else "last.ckpt"
+    console.print(f"checkpoints: {out / 'checkpoints'} ({kept})", markup=False, emoji=False)
     if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
         console.print(f"W&B files:   {out / 'wandb'} (offline; upload with `wandb sync {out / 'wandb'}/offline-run-*`)",
                       markup=False, emoji=False)

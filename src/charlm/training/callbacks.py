@@ -1,7 +1,9 @@
-"""Callbacks: samples during training, and ``last.ckpt`` that is also written when training ends."""
+"""Callbacks: samples during training, ``last.ckpt`` that is also written when training ends, and the
+validation after the last step."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -86,11 +88,118 @@ def read_samples(path: str | Path) -> list[dict]:
 class LastCheckpoint(ModelCheckpoint):
     """Write ``last.ckpt`` every ``every_n_train_steps`` optimizer steps *and* when training
     ends (Lightning's ``ModelCheckpoint`` alone skips the end of a run that stops between two
-    save points)."""
+    save points).
+
+    A ``last.ckpt`` written at a step that also validates is written again after that
+    validation, once the best-k ``ModelCheckpoint`` callbacks have ranked it: it then holds that
+    validation's result (``best_model_score``, ``best_model_path``, a plateau schedule stepped
+    with it). charlm-train puts this callback after every other ``ModelCheckpoint``. The loops'
+    position in that rewrite is the one written at the end of the step, so Lightning resumes it
+    as it resumes any step-end checkpoint (it resumes one taken during a validation wrongly at
+    the last batch of an epoch: it trains a batch twice).
+    """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 250, **kwargs):
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps, **kwargs)
+        self._writing = False  # a dump of ours (on_save_checkpoint runs for every callback's)
+        self._step_end_loops: tuple[int, dict] | None = None  # (step, loops state written at its end)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        self._writing = True
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            self._writing = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if not self._writing:
+            return
+        ours = self._step_end_loops
+        if trainer.validating and ours is not None and ours[0] == trainer.global_step:
+            checkpoint["loops"] = copy.deepcopy(ours[1])
+        else:
+            self._step_end_loops = (trainer.global_step, copy.deepcopy(checkpoint["loops"]))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if (
+            not trainer.sanity_checking
+            and trainer.state.fn == TrainerFn.FITTING
+            and trainer.global_step > 0
+            and self._last_global_step_saved == trainer.global_step  # written at this step, before its validation
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def validation_off(trainer: L.Trainer) -> str | None:
+    """Why ``trainer.fit`` will never validate (the setting to change), or ``None`` when it will."""
+    limit = trainer.limit_val_batches
+    if limit is not None and limit == 0:
+        return "trainer.limit_val_batches=0"
+    splits = getattr(trainer.datamodule, "splits", None)
+    if splits is not None and len(splits) > 1 and float(splits[1]) <= 0:
+        return "data.splits has no val split"
+    if not trainer.enable_validation:
+        return "no validation data"
+    return None
+
+
+class FinalValidation(L.Callback):
+    """Validate after the last optimizer step of a run, so the final metrics, the best-k
+    checkpoints, the sweep objective and the last logged rows describe the final weights
+    (``last.ckpt``), whatever ``trainer.val_check_interval`` is.
+
+    At the step that ends training (``trainer.max_steps`` reached, or the last batch of epoch
+    ``trainer.max_epochs``) it sets ``trainer.should_stop``; Lightning's training loop then
+    validates after that step, as it does for any requested stop (``EarlyStopping``, and the
+    ``Timer`` of ``trainer.max_time``, which therefore needs nothing here). A step that validates
+    anyway validates once. A run stopped early (``stop_after_steps``, a signal) has not ended
+    and gets no validation from here. Validation switched off (:func:`validation_off`) is
+    logged when training starts.
+
+    Attributes:
+        off: why the run does not validate (``None`` when it does).
+        last_val_step: the optimizer step of the latest validation during training (``None``
+            before the first).
+    """
+
+    def __init__(self) -> None:
+        self.off: str | None = None
+        self.last_val_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.off = validation_off(trainer)
+        if self.off and trainer.is_global_zero:
+            log.warning(
+                "this run will never validate (%s): no val/loss, no best-by-val/loss checkpoints, no samples at "
+                "validations%s", self.off,
+                ", and scheduler=plateau keeps the learning rate constant" if _has_plateau(trainer) else "",
+            )
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self.off:
+            return
+        step_end = trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        epoch_end = (
+            trainer.max_epochs is not None
+            and trainer.max_epochs > 0
+            and trainer.current_epoch + 1 >= trainer.max_epochs
+            and bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        )
+        if step_end or epoch_end:
+            trainer.should_stop = True  # the loop validates after this step, then ends
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.last_val_step = trainer.global_step
+
+
+def _has_plateau(trainer: L.Trainer) -> bool:
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    return any(isinstance(c.scheduler, ReduceLROnPlateau) for c in trainer.lr_scheduler_configs)
