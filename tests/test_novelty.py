@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+import torch
 
 from charlm.errors import CharLMError
 from charlm.sampling.novelty import corpus_lines, first_lines, novelty
@@ -35,7 +36,7 @@ def test_names_report_from_a_trained_checkpoint(compose, tmp_path):
     train(compose("train", out, FAST_TRAIN + ["data=names", "trainer.max_steps=30", "trainer.val_check_interval=30",
                                               "callbacks.samples.length=0"]))
     ckpt = out / "checkpoints" / "last.ckpt"
-    train_lines, whole, source = corpus_lines(__import__("torch").load(ckpt, weights_only=True)["charlm"]["data"])
+    train_lines, whole, source = corpus_lines(torch.load(ckpt, weights_only=True)["charlm"]["data"])
     assert source.endswith("names.txt") and 25_000 < len(train_lines) < len(whole) <= 32_033
     cfg = compose("sample", tmp_path / "s", [f"ckpt={ckpt}", "novelty=true", "num_samples=1000", "length=30",
                                              "seed=7", "device=cpu"])
