@@ -38,3 +38,42 @@ def test_bench_sections_are_validated():
 
     with pytest.raises(SystemExit):
         main(["--quick", "--only", "nonsense"])
+
+
+@pytest.mark.slow
+def test_gpu_command_runs_tiny_on_the_cpu(tmp_path, shared_data):
+    """benchmarks.gpu --tiny: every part of the GPU command (throughput vs the plain loop, exact
+    stop + resume, time-bounded War and Peace training, val/test evaluation with the CRLF count)
+    runs on the CPU and writes its JSON; no speed asserted."""
+    import json
+
+    from benchmarks.gpu import main
+
+    out = tmp_path / "gpu.json"
+    res = main(["--tiny", "--json", str(out), "--work", str(tmp_path / "work"), "--data-dir", str(shared_data)])
+    assert json.loads(out.read_text())["mode"] == "tiny" and res["device"] == "cpu"
+    for name in ("fp32", "bf16"):
+        t = res["throughput"][name]
+        assert "error" not in t, t
+        assert t["charlm_tokens_per_sec"][0] > 0 and t["plain_tokens_per_sec"][0] > 0
+    r = res["resume"]
+    assert "error" not in r, r
+    assert r["stopped_at"] * 2 == r["steps"] and r["exact"] and r["params_identical"] and r["losses_identical"]
+    tr = res["train"]
+    assert "error" not in tr, tr
+    assert tr["steps"] > 0 and tr["val_curve"] and tr["command"].startswith("charlm-train experiment=warpeace_gpu")
+    for split in ("val", "test"):
+        m = tr[split]
+        assert 0 < m["crlf"]["loss"] < m["loss"] < 5 and m["crlf"]["chars"] > m["chars"] > 300_000
+
+
+def test_gpu_command_refuses_without_a_gpu_or_corpus(tmp_path):
+    import torch
+
+    from benchmarks.gpu import main
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA GPU visible"):
+            main(["--json", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="War and Peace not found"):
+        main(["--tiny", "--data-dir", str(tmp_path)])

@@ -104,3 +104,14 @@ def test_sample_and_eval_configs(compose, tmp_path):
     assert s.length == 500 and s.temperature == 0.5
     e = compose("eval", tmp_path, ["ckpt=x.ckpt", "split=test"])
     assert e.split == "test"
+
+
+def test_regularisers_and_weight_decay_reach_the_model_and_optimizer(compose, tmp_path):
+    cfg = compose("train", tmp_path, ["model.weight_drop=0.5", "model.hidden_dropout=0.2", "optimizer=adam",
+                                      "optimizer.weight_decay=1e-5"])
+    net = CharRNN(vocab_size=65, **OmegaConf.to_container(cfg.model))
+    assert net.weight_drop == 0.5 and net.hidden_dropout == 0.2 and net.input_dropout == 0.0
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert instantiate(cfg.optimizer)(params).param_groups[0]["weight_decay"] == 1e-5
+    for opt in options("optimizer"):
+        assert "weight_decay" in compose("train", tmp_path, [f"optimizer={opt}"]).optimizer

@@ -202,3 +202,14 @@ def test_sigkill_while_saving_keeps_previous_checkpoint(tmp_path, tiny_corpus):
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out[-3000:]
     assert torch.load(ckdir / "last.ckpt", weights_only=True)["global_step"] == step + 2
+
+
+def test_runs_from_before_the_regularisers_resume_without_a_change():
+    from charlm.training.resume import config_changes
+
+    data = {"batch_size": 8}
+    old = {"data": data, "model": {"hidden_size": 64, "dropout": 0.1}}
+    new = {"data": data, "model": {"hidden_size": 64, "dropout": 0.1, "weight_drop": 0.0, "hidden_dropout": 0.0}}
+    assert config_changes(old, new) == ([], [])
+    changed, _ = config_changes(old, {"data": data, "model": {**new["model"], "weight_drop": 0.5}})
+    assert changed == ["model.weight_drop: '<unset>' -> 0.5"]

@@ -6,6 +6,8 @@
 The text is read with the checkpoint's encoding and newline handling, and scored with the
 checkpoint's vocabulary (unknown characters are an error that lists them), with state carried
 across the whole text. Results are printed and written to ``metrics.json`` in the output dir.
+``crlf=true`` also gives the loss with every newline counted as two characters (``\r\n``), the
+count of Karpathy et al.'s War and Peace (:mod:`charlm.evaluation.crlf`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from charlm.config import config_dir
 from charlm.data.corpus import prepare_corpus
 from charlm.data.streams import split_bounds
 from charlm.errors import CharLMError
+from charlm.evaluation.crlf import count_newlines, crlf_loss
 from charlm.evaluation.evaluate import evaluate, remap_ids
 
 log = logging.getLogger("charlm.eval")
@@ -69,6 +72,12 @@ def run(cfg: DictConfig) -> dict:
         f"{what}: loss {result['loss']:.4f} nats/char | bpc {result['bpc']:.4f} | "
         f"perplexity {result['ppl']:.4f} | {result['chars']:,} characters"
     )
+    if cfg.get("crlf"):  # the scored characters are ids[1:] (the first one is context only)
+        result["crlf"] = crlf_loss(result["loss"], result["chars"], count_newlines(ids[1:], corpus.vocab))
+        print(
+            f"{what}, each newline counted as \\r\\n: loss {result['crlf']['loss']:.4f} nats/char | "
+            f"bpc {result['crlf']['bpc']:.4f} | {result['crlf']['chars']:,} characters"
+        )
     if cfg.paths.get("output_dir"):
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)

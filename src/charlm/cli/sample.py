@@ -7,6 +7,12 @@ Non-ASCII primes work unquoted (``prime=Привет``, see :func:`charlm.cli.co
 ``prime_file=<UTF-8 file>`` takes any text without quoting. ``length`` counts new characters; ``temperature=0`` is greedy. Output is UTF-8 on stdout (with
 ``num_samples > 1`` each sample follows a ``--- sample i/n ---`` line) and is also saved to
 ``samples.txt`` in the app's output dir.
+
+``novelty=true`` (the blog's names experiment) reports, instead of printing the samples, how many
+of the ``num_samples`` sampled lines are not lines of the checkpoint's training split
+(:mod:`charlm.sampling.novelty`; also written to ``novelty.json``):
+
+    charlm-sample ckpt=<names run>/checkpoints/last.ckpt novelty=true num_samples=1000 length=40
 """
 
 from __future__ import annotations
@@ -85,7 +91,9 @@ def run(cfg: DictConfig) -> list[str]:
     if not cfg.get("ckpt"):
         raise CharLMError("no checkpoint given: charlm-sample ckpt=<run dir>/checkpoints/last.ckpt")
     device = pick_device(str(cfg.device))
-    net, vocab = model_from_checkpoint(load_checkpoint(cfg.ckpt, map_location="cpu"))
+    ckpt = load_checkpoint(cfg.ckpt, map_location="cpu")
+    net, vocab = model_from_checkpoint(ckpt)
+    ckpt_data = ckpt["charlm"].get("data") or {}
     net.to(device)
     prime = read_prime(cfg)
     missing = vocab.unknown(prime) if prime else []
@@ -104,13 +112,35 @@ def run(cfg: DictConfig) -> list[str]:
         drop_unknown=bool(cfg.drop_unknown),
     )
     joined = join_samples(texts)
-    sys.stdout.write(joined)
-    sys.stdout.flush()
+    if cfg.get("novelty"):
+        used_prime = texts[0][: len(texts[0]) - int(cfg.length)]  # each sample is the prime + length characters
+        report_novelty(cfg, texts, used_prime, ckpt_data)
+    else:
+        sys.stdout.write(joined)
+        sys.stdout.flush()
     if cfg.paths.get("output_dir"):
         path = Path(cfg.paths.output_dir) / "samples.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(joined, encoding="utf-8")
     return texts
+
+
+def report_novelty(cfg: DictConfig, texts: list[str], prime: str, data: dict) -> dict:
+    """Print (and write ``novelty.json``) how many sampled lines are not in the training split."""
+    import json
+
+    from charlm.sampling import novelty as nv
+
+    train, whole, source = nv.corpus_lines(data, cfg.paths.get("cache_dir"))
+    lines, unfinished = nv.first_lines(texts, prime)
+    r = nv.novelty(lines, train, whole, unfinished)
+    r.update({"source": source, "prime": prime, "temperature": float(cfg.temperature), "seed": cfg.seed})
+    print(nv.describe(r, source), flush=True)
+    if cfg.paths.get("output_dir"):
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "novelty.json").write_text(json.dumps(r, indent=2), encoding="utf-8")
+    return r
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="sample")

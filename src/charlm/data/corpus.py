@@ -126,14 +126,22 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeo
     return dest
 
 
+#: Named corpora that charlm builds offline (name -> module with ``build(cache_dir, filename)``).
+GENERATED = {"pycode": "charlm.data.pycode"}
+
+
 def resolve_corpus_path(
     name: str,
     filename: str,
     data_dir: str | os.PathLike,
     url: str | None = None,
     sha256: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Path of the named corpus ``<data_dir>/<name>/<filename>``, downloading it if missing.
+
+    A corpus that charlm builds itself (:data:`GENERATED`, e.g. ``pycode``) and that is not at
+    that path is built (once) under ``cache_dir`` instead, since ``data_dir`` may be read-only.
 
     Args:
         name: corpus name, e.g. ``"tinyshakespeare"``.
@@ -141,6 +149,7 @@ def resolve_corpus_path(
         data_dir: the data root (``paths.data_dir``; ``$CHARLM_DATA_DIR`` when set).
         url: public address to download from when the file is missing.
         sha256: expected checksum of the download.
+        cache_dir: where a generated corpus is built (default :func:`default_cache_dir`).
 
     Raises:
         CharLMError: if the file is missing and cannot be downloaded; the message says exactly
@@ -149,6 +158,11 @@ def resolve_corpus_path(
     path = Path(data_dir).expanduser() / name / filename
     if path.is_file():
         return path
+    if not url and name in GENERATED:
+        import importlib
+
+        builder = importlib.import_module(GENERATED[name])
+        return builder.build(cache_dir if cache_dir is not None else default_cache_dir(), filename)
     if not url:
         raise CharLMError(f"corpus {name!r} not found at {path} and it has no download address; put the file there.")
     log.info("corpus %r not found at %s; downloading %s", name, path, url)

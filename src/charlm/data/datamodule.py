@@ -92,7 +92,7 @@ class CharDataModule(L.LightningDataModule):
             return p
         if not download:
             return Path(self.data_dir).expanduser() / str(self.name) / self.filename
-        return resolve_corpus_path(str(self.name), self.filename, self.data_dir, self.url, self.sha256)
+        return resolve_corpus_path(str(self.name), self.filename, self.data_dir, self.url, self.sha256, self.cache_dir)
 
     def prepare(self) -> PreparedCorpus:
         """Locate, decode and cache the corpus (idempotent; a cache hit after the first call)."""

@@ -8,8 +8,10 @@ windows (training), across characters (sampling) and across ranks (checkpointing
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from charlm.errors import CharLMError
@@ -19,7 +21,49 @@ from charlm.errors import CharLMError
 State = tuple[torch.Tensor, ...]
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+#: The fused multi-layer recurrences that ``nn.LSTM``/``GRU``/``RNN`` (tanh) call (cuDNN on a GPU).
+_OPS = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh}
 INITS = ("pytorch", "charrnn")
+#: The regularisers of Merity, Keskar & Socher (2018, AWD-LSTM), all off by default.
+REGULARISERS = ("input_dropout", "hidden_dropout", "output_dropout", "embedding_dropout", "weight_drop")
+
+
+def locked_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Variational ("locked") dropout: one mask per sequence, the same at every time step.
+
+    Gal & Ghahramani (2016, "A Theoretically Grounded Application of Dropout in Recurrent Neural
+    Networks"); ``LockedDropout`` of Merity et al. (2018, AWD-LSTM). Kept units are scaled by
+    ``1 / (1 - p)``.
+
+    Args:
+        x: float ``[B, T, F]``.
+        p: drop probability in [0, 1); 0 (or ``training=False``) returns ``x`` itself.
+    """
+    if not training or p == 0.0:
+        return x
+    mask = x.new_empty((x.size(0), 1, x.size(2))).bernoulli_(1.0 - p).div_(1.0 - p)
+    return x * mask
+
+
+def embedding_dropout(embedding: nn.Embedding, ids: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Embed ``ids`` with whole rows of the embedding matrix dropped: a dropped character is
+    zero wherever it occurs in the batch (Gal & Ghahramani 2016; ``embedded_dropout`` of Merity
+    et al. 2018). Kept rows are scaled by ``1 / (1 - p)``.
+
+    Args:
+        embedding: the embedding module (its weight ``[V, E]``).
+        ids: int64 ``[B, T]``.
+        p: drop probability in [0, 1); 0 (or ``training=False``) is the plain embedding.
+
+    Returns:
+        float ``[B, T, E]``.
+    """
+    if not training or p == 0.0:
+        return embedding(ids)
+    w = embedding.weight
+    mask = w.new_empty((w.size(0), 1)).bernoulli_(1.0 - p).div_(1.0 - p)
+    return F.embedding(ids, w * mask, embedding.padding_idx, embedding.max_norm, embedding.norm_type,
+                       embedding.scale_grad_by_freq, embedding.sparse)
 
 
 class CharRNN(nn.Module):
@@ -38,10 +82,28 @@ class CharRNN(nn.Module):
             ``embedding_dim == hidden_size``.
         init: ``"pytorch"`` (PyTorch defaults) or ``"charrnn"``: every parameter uniform in
             [-0.08, 0.08] and LSTM forget-gate biases 1 (char-rnn's ``train.lua``).
+        input_dropout: locked dropout (:func:`locked_dropout`) on the embedding's output, the
+            first layer's input (AWD-LSTM's ``dropouti``).
+        hidden_dropout: locked dropout between recurrent layers (AWD-LSTM's ``dropouth``); the
+            layers then run one at a time in training (``dropout`` still applies there too).
+        output_dropout: locked dropout on the last layer's output, before the decoder (AWD-LSTM's
+            ``dropout``; ``dropout`` still applies too).
+        embedding_dropout: drop whole characters' embedding rows (:func:`embedding_dropout`;
+            AWD-LSTM's ``dropoute``).
+        weight_drop: DropConnect (Wan et al. 2013) on every layer's hidden-to-hidden matrix
+            ``weight_hh_l*``, one mask per forward pass (AWD-LSTM's ``wdrop``, Merity, Keskar &
+            Socher 2018, "Regularizing and Optimizing LSTM Language Models"). The recurrence
+            still runs as one fused ``torch.lstm``/``gru``/``rnn_tanh`` call, the op ``nn.LSTM``
+            uses (cuDNN on a GPU), with the dropped matrix in place of the parameter.
+
+    The five regularisers act in training mode only and default to 0 (off): in eval mode, or
+    with all five at 0, :meth:`forward` is exactly ``nn.LSTM``/``GRU``/``RNN`` on the embedding
+    (same result, same random numbers drawn), so sampling, the visualiser and checkpoints see a
+    plain recurrent module whatever the settings.
 
     Raises:
-        CharLMError: on an unknown cell or init, non-positive sizes, dropout outside [0, 1), or
-            ``tie_weights`` with mismatched sizes.
+        CharLMError: on an unknown cell or init, non-positive sizes, a dropout or weight-drop
+            probability outside [0, 1), or ``tie_weights`` with mismatched sizes.
     """
 
     def __init__(
@@ -54,6 +116,11 @@ class CharRNN(nn.Module):
         dropout: float = 0.0,
         tie_weights: bool = False,
         init: str = "pytorch",
+        input_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
+        output_dropout: float = 0.0,
+        embedding_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ):
         super().__init__()
         cell = cell.lower()
@@ -65,8 +132,11 @@ class CharRNN(nn.Module):
             raise CharLMError(
                 f"vocab_size, hidden_size and num_layers must be >= 1, got {vocab_size}, {hidden_size}, {num_layers}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise CharLMError(f"model.dropout={dropout} must be in [0, 1)")
+        regs = {"input_dropout": input_dropout, "hidden_dropout": hidden_dropout, "output_dropout": output_dropout,
+                "embedding_dropout": embedding_dropout, "weight_drop": weight_drop}
+        for name, value in {"dropout": dropout, **regs}.items():
+            if not 0.0 <= float(value) < 1.0:
+                raise CharLMError(f"model.{name}={value} must be in [0, 1)")
         embedding_dim = int(embedding_dim or hidden_size)
         if tie_weights and embedding_dim != hidden_size:
             raise CharLMError(
@@ -80,6 +150,11 @@ class CharRNN(nn.Module):
         self.dropout = float(dropout)
         self.tie_weights = bool(tie_weights)
         self.init = init
+        self.input_dropout = float(input_dropout)
+        self.hidden_dropout = float(hidden_dropout)
+        self.output_dropout = float(output_dropout)
+        self.embedding_dropout = float(embedding_dropout)
+        self.weight_drop = float(weight_drop)
 
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         # nn.LSTM's own dropout acts between layers only (and warns with one layer).
@@ -114,6 +189,7 @@ class CharRNN(nn.Module):
             "dropout": self.dropout,
             "tie_weights": self.tie_weights,
             "init": self.init,
+            **{name: getattr(self, name) for name in REGULARISERS},
         }
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None, dtype=None) -> State:
@@ -135,14 +211,72 @@ class CharRNN(nn.Module):
             ``(logits, state)``: float ``[B, T, V]`` unnormalised log-probabilities of the next
             character, and the state after the last position.
         """
-        emb = self.embedding(ids)  # [B, T, E]
-        if state is None:
-            out, new = self.rnn(emb)
+        train = self.training
+        emb = embedding_dropout(self.embedding, ids, self.embedding_dropout, train)  # [B, T, E]
+        emb = locked_dropout(emb, self.input_dropout, train)
+        if train and (self.weight_drop or self.hidden_dropout):
+            out, new_state = self._regularised_rnn(emb, state)
         else:
-            out, new = self.rnn(emb, state if self.cell == "lstm" else state[0])
-        new_state: State = tuple(new) if self.cell == "lstm" else (new,)
+            if state is None:
+                out, new = self.rnn(emb)
+            else:
+                out, new = self.rnn(emb, state if self.cell == "lstm" else state[0])
+            new_state = tuple(new) if self.cell == "lstm" else (new,)
+        out = locked_dropout(out, self.output_dropout, train)
         logits = self.decoder(self.drop(out))  # [B, T, V]
         return logits, new_state
+
+    def _regularised_rnn(self, x: torch.Tensor, state: State | None, weight_drop: float | None = None,
+                         hidden_dropout: float | None = None) -> tuple[torch.Tensor, State]:
+        """The recurrence with weight drop and/or locked dropout between layers (training).
+
+        Calls the fused op ``nn.LSTM``/``GRU``/``RNN`` calls (``torch.lstm``/``gru``/``rnn_tanh``:
+        cuDNN on a GPU) with this module's parameters, ``weight_hh_l*`` replaced by a DropConnect
+        of it; with ``hidden_dropout`` one call per layer and a locked mask in between. With both
+        probabilities 0 it equals ``self.rnn(x, state)`` in eval mode (checked by the tests).
+
+        Args:
+            x: float ``[B, T, E]``; state: see :data:`State` (``None``: zeros).
+
+        Returns:
+            ``(out [B, T, H], state)``.
+        """
+        wd = self.weight_drop if weight_drop is None else weight_drop
+        hd = self.hidden_dropout if hidden_dropout is None else hidden_dropout
+        rnn = self.rnn
+        if state is None:
+            state = self.init_state(x.size(0), x.device, x.dtype)
+        layers = []
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            if wd:
+                w_hh = F.dropout(w_hh, wd, training=True)
+            layers.append([w_ih, w_hh, b_ih, b_hh])
+        op = _OPS[self.cell]
+        lstm = self.cell == "lstm"
+        between = rnn.dropout if self.training else 0.0
+        with warnings.catch_warnings():
+            # cuDNN copies the (partly dropped) weights into its buffer each call, as AWD-LSTM's WeightDrop did
+            warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk of memory.*")
+            if not hd:
+                hx = tuple(state) if lstm else state[0]
+                flat = [w for ws in layers for w in ws]
+                res = op(x, hx, flat, True, self.num_layers, between, self.training, False, True)
+                return res[0], (tuple(res[1:]) if lstm else (res[1],))
+            hs, cs = [], []
+            for layer, ws in enumerate(layers):
+                if layer > 0:
+                    x = locked_dropout(x, hd, True)
+                    if between:
+                        x = F.dropout(x, between, training=True)
+                hx = (state[0][layer : layer + 1], state[1][layer : layer + 1]) if lstm else state[0][layer : layer + 1]
+                res = op(x, hx, ws, True, 1, 0.0, self.training, False, True)
+                x = res[0]
+                hs.append(res[1])
+                if lstm:
+                    cs.append(res[2])
+        new_state: State = (torch.cat(hs), torch.cat(cs)) if lstm else (torch.cat(hs),)
+        return x, new_state
 
     def num_parameters(self) -> int:
         """Number of distinct trainable parameters (tied weights counted once)."""

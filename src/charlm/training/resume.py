@@ -147,13 +147,21 @@ def _global_streams(c: dict) -> int:
     return int(c["data"]["batch_size"]) * max(int(n), 1) * int(t.get("num_nodes", 1) or 1)
 
 
+def _added_default(key: str, value) -> bool:
+    """Whether ``key`` is a model option added after a run began, set to its default (which is
+    what that run trained with): the AWD-LSTM regularisers, off by default."""
+    from charlm.model.rnn import REGULARISERS
+
+    return key.startswith("model.") and key.split(".", 1)[1] in REGULARISERS and value == 0.0
+
+
 def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """``(protected changes, extensions)`` between two resolved configs, as ``"key: a -> b"``."""
     fo, fn = _flatten(old), _flatten(new)
     changed, extended = [], []
     for k in sorted(set(fo) | set(fn)):
         a, b = fo.get(k, "<unset>"), fn.get(k, "<unset>")
-        if a == b:
+        if a == b or (a == "<unset>" and _added_default(k, b)):
             continue
         top = k.split(".")[0]
         item = f"{k}: {a!r} -> {b!r}"
