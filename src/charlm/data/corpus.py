@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy as np
 from charlm.data import utf8fast
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
+from charlm.files import new_temp_dir, new_temp_file
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeo
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp = new_temp_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
     h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -426,7 +426,7 @@ def _write_entry(source: Path, encoding: str, newline: str, sha: str, entry: Pat
     lut = vocab.lookup_table()
 
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+    tmp = new_temp_dir(entry.parent, prefix=f".{entry.name}.")
     try:
         # Written through a plain file, not a writable memmap: dirty memmap pages count in this
         # process's RSS (a 1 GB corpus made the peak RSS > 1 GB); file writes keep it ~chunks.
