@@ -90,6 +90,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ckpt_path = str(found)
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
+    if not cfg.get("resume"):
+        resume.check_new_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     dm, module, trainer = build(cfg, overrides)
     if cfg.get("init_from"):

@@ -86,9 +86,14 @@ def read_samples(path: str | Path) -> list[dict]:
 class LastCheckpoint(ModelCheckpoint):
     """Write ``last.ckpt`` every ``every_n_train_steps`` optimizer steps *and* when training
     ends (Lightning's ``ModelCheckpoint`` alone skips the end of a run that stops between two
-    save points)."""
+    save points).
+
+    ``last.ckpt`` is always the newest state: it is replaced (atomically, by
+    :class:`~charlm.checkpoint.AtomicCheckpointIO`), never versioned as ``last-v1.ckpt``
+    (``enable_version_counter=False``)."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 250, **kwargs):
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps, **kwargs)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -9,7 +9,9 @@
 - ``init_from=<checkpoint>``: :func:`load_initial_weights`, weights only, vocabulary checked.
 - :class:`StopControl`: ``stop_after_steps``, SIGTERM/SIGINT -> ``last.ckpt`` then stop.
 - :class:`RunInfo`: stores the resolved config, its overrides and the W&B run id in every
-  checkpoint (``checkpoint["charlm_run"]``), so a checkpoint alone is enough to resume.
+  checkpoint (``checkpoint["charlm_run"]``), so a checkpoint alone is enough to resume; a run
+  dir that was moved or copied resumes exactly (:func:`relocate_checkpoint_states`).
+- :func:`check_new_run_dir`: a new run never writes into a run dir that holds another.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from charlm.checkpoint import load_checkpoint
@@ -69,6 +72,92 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
     p = p.resolve()
     run_dir = p.parent.parent if p.parent.name == "checkpoints" else None
     return p, run_dir
+
+
+#: What a training leaves in its run dir (globs); a new training refuses a dir that holds any.
+RUN_FILES = ("checkpoints/*.ckpt", "csv/metrics.csv", "samples.txt", "wandb/offline-run-*", "wandb/run-*")
+
+
+def check_new_run_dir(out: str | Path) -> None:
+    """Refuse to start a new run (no ``resume=``) in a run dir that already holds one.
+
+    A second training there would mix two runs: Lightning would write its ``last.ckpt`` as
+    ``last-v1.ckpt`` beside the first run's, the CSV logger would delete the first run's
+    ``metrics.csv``, and samples, best-k files and W&B folders would interleave. Checked on
+    global rank 0 only (other ranks start after rank 0 has created its files).
+
+    Raises:
+        CharLMError: naming what the dir holds, and the two ways on: ``resume=<dir>`` or another dir.
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    out = Path(out)
+    found = [str(p.relative_to(out)) for pattern in RUN_FILES for p in sorted(out.glob(pattern))]
+    if not found:
+        return
+    shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    raise CharLMError(
+        f"{out} already holds a training run ({shown}); a new run there would mix the two. "
+        f"Continue that run with charlm-train resume={out}, or start the new one in another dir "
+        "(drop hydra.run.dir=, or give a new one)."
+    )
+
+
+class NewRunDirGuard(HydraCallback):
+    """Hydra callback (``hydra.callbacks`` of ``charlm-train``): a single run (not ``-m``)
+    without ``resume=`` checks its run dir with :func:`check_new_run_dir` in ``on_run_start``,
+    before Hydra writes ``.hydra/`` and the log there, so a refused run leaves the other run's
+    files as they were. A refusal prints ``error: ...`` and exits with status 2, as every bad
+    input of the command line does."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import sys
+
+        if OmegaConf.select(config, "resume", default=None):
+            return
+        run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
+        if not run_dir:
+            return
+        try:
+            check_new_run_dir(run_dir)
+        except CharLMError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+
+def relocate_checkpoint_states(trainer: L.Trainer, checkpoint: dict) -> None:
+    """Point the checkpoint callbacks' saved bookkeeping at the run dir they write to now.
+
+    Lightning's ``ModelCheckpoint`` state holds absolute paths (``dirpath``, ``best_k_models``,
+    ``best_model_path``, ``kth_best_model_path``, ``last_model_path``) and drops all but
+    ``best_model_path`` when ``dirpath`` differs, so a run dir that was moved or copied would
+    resume with no best-k ranking and write ``last-v1.ckpt`` beside a stale ``last.ckpt``.
+    Paths under the saved ``dirpath`` are rewritten, in ``checkpoint`` in place, to the same
+    names under each callback's current ``dirpath``; other paths are left as they are.
+    """
+    states = checkpoint.get("callbacks") or {}
+    for cb in trainer.checkpoint_callbacks:
+        state = states.get(getattr(cb, "state_key", None))
+        new = getattr(cb, "dirpath", None)
+        old = state.get("dirpath") if isinstance(state, dict) else None
+        if not old or not new or str(old) == str(new):
+            continue
+        old, new = str(old), str(new)
+
+        def moved(path: Any) -> Any:
+            if isinstance(path, str) and path.startswith(old + os.sep):
+                return new + path[len(old):]
+            return path
+
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in state:
+                state[key] = moved(state[key])
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
+        state["dirpath"] = new
+        log.info("the run dir moved (checkpoints were in %s, now %s): the checkpoint bookkeeping follows it", old, new)
 
 
 def resume_run_dir(target: Any, default: str) -> str:
@@ -457,7 +546,9 @@ def restore_rng_states(module: L.LightningModule, rng: dict[str, Any] | None) ->
 class RunInfo(L.Callback):
     """Stores ``{"config", "overrides", "wandb_id"}`` in every checkpoint as
     ``checkpoint["charlm_run"]``: the resolved config, the Hydra overrides that compose it and
-    the W&B run id, which is all ``resume=`` needs besides the checkpoint."""
+    the W&B run id, which is all ``resume=`` needs besides the checkpoint. On loading, points
+    the checkpoint callbacks' saved paths at the run dir as it is now
+    (:func:`relocate_checkpoint_states`)."""
 
     def __init__(self, config: dict, overrides: list[str]):
         self.config = config
@@ -472,6 +563,11 @@ class RunInfo(L.Callback):
                 except Exception:  # pragma: no cover
                     wandb_id = None
         checkpoint["charlm_run"] = {"config": self.config, "overrides": self.overrides, "wandb_id": wandb_id}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # runs before any callback's load_state_dict: the checkpoint callbacks then load paths
+        # of the run dir as it is now (moved or copied run dirs resume exactly)
+        relocate_checkpoint_states(trainer, checkpoint)
 
 
 class TrainingInterrupted(Exception):
@@ -608,6 +704,8 @@ __all__ = [
     "StopControl",
     "TrainingInterrupted",
     "check_multirun_ddp",
+    "check_new_run_dir",
+    "NewRunDirGuard",
     "config_changes",
     "find_checkpoint",
     "gather_rng_states",
@@ -617,6 +715,7 @@ __all__ = [
     "local_train_state",
     "merge_overrides",
     "prepare_resume",
+    "relocate_checkpoint_states",
     "restore_rng_states",
     "resume_run_dir",
 ]
