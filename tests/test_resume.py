@@ -265,3 +265,27 @@ def test_a_moved_or_copied_run_dir_resumes_exactly_with_last_ckpt_the_newest(com
                 assert Path(path).parent == ckdir.resolve() and Path(path).is_file(), (key, path)
     if how == "copied":  # the original is left as it was
         assert {p: p.read_bytes() for p in sorted(first.rglob("*")) if p.is_file()} == kept
+
+
+def test_resume_onto_a_changed_corpus_is_refused_unless_allow_changes(compose, tmp_path, tiny_corpus):
+    run = tmp_path / "run"
+    train(compose("train", run, _overrides(tiny_corpus, 12, "stop_after_steps=6")))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    stored = torch.load(ckpt, weights_only=True)["charlm"]["data"]["sha256"]
+    text = tiny_corpus.read_text(encoding="utf-8")
+    tiny_corpus.write_text(text[::-1], encoding="utf-8")  # same characters, same length, other text
+    with pytest.raises(CharLMError) as e:
+        train(compose("train", tmp_path / "x", [f"resume={run}"]))
+    msg = str(e.value)
+    assert "changed since the checkpoint" in msg and stored[:16] in msg and "allow_changes=true" in msg
+    ck = torch.load(ckpt, weights_only=True)
+    assert ck["global_step"] == 6 and ck["charlm"]["data"]["sha256"] == stored  # nothing written
+    # allow_changes=true: continues on the changed text, and the checkpoint then names it
+    train(compose("train", tmp_path / "x", [f"resume={run}", "allow_changes=true", "stop_after_steps=9"]))
+    ck = torch.load(ckpt, weights_only=True)
+    assert ck["global_step"] == 9 and ck["charlm"]["data"]["sha256"] != stored
+    # another vocabulary is refused even with allow_changes: the ids would mean other characters
+    tiny_corpus.write_text(text[::-1] + "@", encoding="utf-8")
+    assert "@" not in text
+    with pytest.raises(CharLMError, match=r"no longer has the run's vocabulary.*only in the file now: \['@'\]"):
+        train(compose("train", tmp_path / "x", [f"resume={run}", "allow_changes=true"]))

@@ -97,6 +97,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("init_from"):
         resume.load_initial_weights(module, cfg.init_from)
     if cfg.get("resume"):
+        resume.check_resumed_corpus(ckpt_path, dm.corpus, bool(cfg.get("allow_changes")), cfg.resume)
         resume.keep_csv_history(trainer, resume.checkpoint_step(ckpt_path))
     log.info(
         "model: %s %dx%d, %s parameters; data: batch %d x seq %d",

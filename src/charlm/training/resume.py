@@ -305,6 +305,8 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
     the overrides stored in the checkpoint, then this command line's overrides), its output dir
     set to the original run dir and, with W&B, the original run id.
 
+    The corpus itself is compared after it is prepared, by :func:`check_resumed_corpus`.
+
     Raises:
         CharLMError: no checkpoint found; a checkpoint without charlm run info; or a
             hyper-parameter changed without ``allow_changes=true`` (the message lists them).
@@ -349,6 +351,51 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
         keep_newer_last(ckpt_path, run_dir, step)
     log.info("resuming %s from %s (step %d)", out_dir, ckpt_path, step)
     return new, ckpt_path, overrides
+
+
+def check_resumed_corpus(ckpt_path: str | Path, corpus, allow_changes: bool = False, target: Any = None) -> None:
+    """Refuse to resume onto a corpus whose content is not the one the checkpoint was trained on.
+
+    Compares the corpus as prepared now (``corpus``: a
+    :class:`~charlm.data.corpus.PreparedCorpus`) with the checkpoint's ``charlm`` entry: its
+    vocabulary (``vocab``) and the sha256 of the file's bytes (``data.sha256``). A checkpoint
+    without a stored hash (older format) is only compared by vocabulary.
+
+    Raises:
+        CharLMError: if the vocabulary differs (always: the ids would mean other characters;
+            the message lists the characters only in one of them), or the content differs with
+            the same vocabulary and ``allow_changes`` is false (the message gives both hashes
+            and lengths and the ways on).
+    """
+    entry = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("charlm") or {}
+    data = entry.get("data") or {}
+    what = f"resume={target if target is not None else ckpt_path}"
+    old_vocab, new_vocab = list(entry.get("vocab") or []), list(corpus.vocab.chars)
+    if old_vocab and old_vocab != new_vocab:
+        only_old = sorted(set(old_vocab) - set(new_vocab))
+        only_new = sorted(set(new_vocab) - set(old_vocab))
+        raise CharLMError(
+            f"{what}: the corpus {corpus.source} no longer has the run's vocabulary "
+            f"({len(old_vocab)} -> {len(new_vocab)} characters; only in the run's: {only_old!r}; only in the "
+            f"file now: {only_new!r}), so the model cannot continue on it (allow_changes=true does not change "
+            "that). Restore the text the run was trained on"
+            + (f" (sha256 {data['sha256'][:16]}...)" if data.get("sha256") else "")
+            + ", or train a new run on this one."
+        )
+    old_sha = data.get("sha256")
+    if not old_sha or old_sha == corpus.sha256:
+        return
+    change = (
+        f"the corpus {corpus.source} changed since the checkpoint was written (sha256 {old_sha[:16]}... -> "
+        f"{corpus.sha256[:16]}..., {int(data.get('num_chars', 0)):,} -> {corpus.num_chars:,} characters, "
+        "same vocabulary)"
+    )
+    if not allow_changes:
+        raise CharLMError(
+            f"{what}: {change}. Resume on the text the run was trained on (restore the file), or pass "
+            "allow_changes=true to continue training on the changed text."
+        )
+    log.warning("%s (allow_changes=true): training continues on the changed text", change)
 
 
 def keep_newer_last(ckpt_path: Path, run_dir: Path, step: int) -> Path | None:
@@ -705,6 +752,7 @@ __all__ = [
     "TrainingInterrupted",
     "check_multirun_ddp",
     "check_new_run_dir",
+    "check_resumed_corpus",
     "NewRunDirGuard",
     "config_changes",
     "find_checkpoint",
