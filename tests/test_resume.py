@@ -289,3 +289,23 @@ def test_resume_onto_a_changed_corpus_is_refused_unless_allow_changes(compose, t
     assert "@" not in text
     with pytest.raises(CharLMError, match=r"no longer has the run's vocabulary.*only in the file now: \['@'\]"):
         train(compose("train", tmp_path / "x", [f"resume={run}", "allow_changes=true"]))
+
+
+def test_resume_from_an_earlier_checkpoint_keeps_each_sample_block_once(compose, tmp_path, tiny_corpus):
+    """samples.txt and the samples of the checkpoint (the W&B table's rows) after a resume from an
+    earlier checkpoint are those of a run never resumed: blocks written after that checkpoint are
+    dropped (those steps run again), blocks before it kept."""
+    from charlm.training.callbacks import read_samples
+
+    extra = ("callbacks.samples.length=30",)
+    full = tmp_path / "full"
+    train(compose("train", full, _overrides(tiny_corpus, 20, *extra)))
+    run = tmp_path / "run"
+    train(compose("train", run, _overrides(tiny_corpus, 20, *extra)))
+    (best10,) = (run / "checkpoints").glob("step000010-*.ckpt")
+    train(compose("train", tmp_path / "x", [f"resume={best10}"]))
+    assert (run / "samples.txt").read_text(encoding="utf-8") == (full / "samples.txt").read_text(encoding="utf-8")
+    assert [b["step"] for b in read_samples(run / "samples.txt")] == [10, 10, 20, 20]
+    (best20,) = (run / "checkpoints").glob("step000020-*.ckpt")  # written after the validation of step 20
+    rows = torch.load(best20, weights_only=True)["callbacks"]["SampleText"]["rows"]
+    assert [(r[0], r[1]) for r in rows] == [(10, 1.0), (10, 0.6), (20, 1.0), (20, 0.6)]

@@ -98,7 +98,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         resume.load_initial_weights(module, cfg.init_from)
     if cfg.get("resume"):
         resume.check_resumed_corpus(ckpt_path, dm.corpus, bool(cfg.get("allow_changes")), cfg.resume)
-        resume.keep_csv_history(trainer, resume.checkpoint_step(ckpt_path))
+        rows = resume.keep_csv_history(trainer, resume.checkpoint_step(ckpt_path))
+        if resume.rebuilds_wandb_history(cfg):
+            resume.rebuild_wandb_history(trainer, ckpt_path, rows)
     log.info(
         "model: %s %dx%d, %s parameters; data: batch %d x seq %d",
         module.net.cell, module.net.num_layers, module.net.hidden_size,
