@@ -180,7 +180,8 @@ def assert_whole_run(run_dir: Path, uninterrupted: Path) -> None:
 
 @pytest.mark.slow
 def test_a_run_killed_between_checkpoints_and_resumed_syncs_each_step_once(tmp_path, monkeypatch, uninterrupted):
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    here = Path(__file__).resolve()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here.parent), str(here.parents[1])]))  # the plugin
     monkeypatch.setenv(SIGKILL_ENV, "33")  # after the checkpoint of step 25, before the end (40)
     killed = run_cli("charlm.cli.train", [*WHOLE, f"+callbacks.sigkill._target_={__name__}.SigkillAt"], tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

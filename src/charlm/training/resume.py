@@ -115,9 +115,12 @@ class NewRunDirGuard(HydraCallback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         import sys
 
-        if OmegaConf.select(config, "resume", default=None):
+        try:
+            if OmegaConf.select(config, "resume", default=None):
+                return
+            run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
+        except Exception:  # pragma: no cover - an unresolvable dir: train() checks it again
             return
-        run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
         if not run_dir:
             return
         try:
