@@ -60,13 +60,76 @@ def test_cache_is_reused_and_invalidated_when_content_changes(tmp_path):
     a = prepare_corpus(f, cache_dir=cache)
     b = prepare_corpus(f, cache_dir=cache)
     assert a.cache_dir == b.cache_dir
-    # same size, different content, mtime restored: the content hash still catches it
+    # same size, different content written in place, mtime restored exactly (as `cp -p` does)
     st = f.stat()
     f.write_text("HELLO WORLD\n" * 50, encoding="utf-8")
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
     c = prepare_corpus(f, cache_dir=cache)
     assert c.cache_dir != a.cache_dir
     assert "H" in c.vocab and "h" not in c.vocab
+
+
+@pytest.mark.parametrize("tool", ["cp -p", "tar"])
+def test_cache_is_not_fooled_by_tools_that_restore_the_mtime(tmp_path, tool):
+    """``cp -p`` rewrites the file in place and restores its mtime; ``tar`` (and ``rsync -t``)
+    replace it by a new file with the old mtime. Size and mtime match the cached file's: the
+    content must still be read again."""
+    import shutil
+
+    f = tmp_path / "c.txt"
+    f.write_text("hello world\n" * 50, encoding="utf-8")
+    cache = tmp_path / "cache"
+    a = prepare_corpus(f, cache_dir=cache)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "c.txt").write_text("HELLO WORLD\n" * 50, encoding="utf-8")
+    st = f.stat()
+    os.utime(other / "c.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    if tool == "cp -p":
+        assert shutil.which("cp")
+        subprocess.run(["cp", "-p", str(other / "c.txt"), str(f)], check=True)
+    else:
+        assert shutil.which("tar")
+        subprocess.run(["tar", "--format=posix", "-cf", str(tmp_path / "c.tar"), "-C", str(other), "c.txt"], check=True)
+        subprocess.run(["tar", "-xf", str(tmp_path / "c.tar"), "-C", str(tmp_path)], check=True)
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    c = prepare_corpus(f, cache_dir=cache)
+    assert c.cache_dir != a.cache_dir and "H" in c.vocab and "h" not in c.vocab
+
+
+def test_cache_trusts_the_inode_and_ctime_not_only_size_and_mtime(tmp_path, monkeypatch):
+    """With the "racily clean" window switched off, only the stat signature can tell the files
+    apart: a file replaced by another one with the same size and mtime (a new inode, as `tar`
+    and `rsync -t` leave it) is read again."""
+    import charlm.data.corpus as corpus
+
+    monkeypatch.setattr(corpus, "RACY_NS", 0)
+    f = tmp_path / "c.txt"
+    f.write_text("hello world\n" * 50, encoding="utf-8")
+    cache = tmp_path / "cache"
+    a = prepare_corpus(f, cache_dir=cache)
+    new = tmp_path / "new.txt"
+    new.write_text("HELLO WORLD\n" * 50, encoding="utf-8")
+    st = f.stat()
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(new, f)
+    c = prepare_corpus(f, cache_dir=cache)
+    assert c.cache_dir != a.cache_dir and "H" in c.vocab
+
+
+def test_unchanged_corpus_starts_from_the_cache_without_reading_the_file(shakespeare_path, tmp_path, monkeypatch):
+    import charlm.data.corpus as corpus
+
+    first = prepare_corpus(shakespeare_path, cache_dir=tmp_path)
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("the unchanged corpus was read again instead of served from the cache index")
+
+    monkeypatch.setattr(corpus, "file_sha256", must_not_read)
+    monkeypatch.setattr(corpus.utf8fast, "count_pass", must_not_read)
+    again = prepare_corpus(shakespeare_path, cache_dir=tmp_path)
+    assert again.cache_dir == first.cache_dir and again.num_chars == first.num_chars
 
 
 def test_warpeace_bom_and_lone_cr_are_normalised(shared_data, tmp_path):

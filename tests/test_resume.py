@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,3 +214,109 @@ def test_runs_from_before_the_regularisers_resume_without_a_change():
     assert config_changes(old, new) == ([], [])
     changed, _ = config_changes(old, {"data": data, "model": {**new["model"], "weight_drop": 0.5}})
     assert changed == ["model.weight_drop: '<unset>' -> 0.5"]
+
+
+# ---------------------------------------------------------------------- checkpoint bookkeeping
+def test_a_new_run_into_a_dir_holding_a_run_is_refused_and_the_first_run_kept(compose, tmp_path, tiny_corpus):
+    run = tmp_path / "run"
+    train(compose("train", run, _overrides(tiny_corpus, 10)))
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    with pytest.raises(CharLMError) as e:
+        train(compose("train", run, _overrides(tiny_corpus, 10, "optimizer.lr=0.01")))
+    assert f"resume={run}" in str(e.value) and "another dir" in str(e.value) and "checkpoints/last.ckpt" in str(e.value)
+    after = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    assert after == before  # nothing of the first run was replaced, deleted or added to
+    # on the command line: exit status 2 before Hydra writes anything into the dir
+    cli = run.parent / "cli"
+    p = _cli(cli, *_overrides(tiny_corpus, 4))
+    assert p.wait(timeout=300) == 0, p.stdout.read()[-3000:]
+    hydra_files = {q: q.read_bytes() for q in cli.rglob("*") if q.is_file() and q.suffix in (".yaml", ".log")}
+    p = _cli(cli, *_overrides(tiny_corpus, 4, "seed=7"))
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 2, out[-3000:]
+    assert "Traceback" not in out and f"error: {cli} already holds a training run" in out and f"resume={cli}" in out
+    assert {q: q.read_bytes() for q in hydra_files} == hydra_files
+    assert not list((cli / "checkpoints").glob("last-v*"))
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_run_dir_resumes_exactly_with_last_ckpt_the_newest(compose, tmp_path, tiny_corpus, how):
+    total = 30
+    full = tmp_path / "full"
+    train(compose("train", full, _overrides(tiny_corpus, total)))
+
+    first = tmp_path / "first"
+    train(compose("train", first, _overrides(tiny_corpus, total, "stop_after_steps=9")))
+    second = tmp_path / "second"
+    if how == "moved":
+        first.rename(second)
+    else:
+        import shutil
+
+        shutil.copytree(first, second)
+        kept = {p: p.read_bytes() for p in sorted(first.rglob("*")) if p.is_file()}
+    # resumed twice: the second resume must continue from the first resume's state, not step 9
+    train(compose("train", tmp_path / "x", [f"resume={second}", "stop_after_steps=21"]))
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 21
+    train(compose("train", tmp_path / "x", [f"resume={second}"]))
+
+    ckdir = second / "checkpoints"
+    assert not [p.name for p in ckdir.iterdir() if re.search(r"-v\d+$", p.stem)], sorted(p.name for p in ckdir.iterdir())
+    last = torch.load(ckdir / "last.ckpt", weights_only=True)
+    assert last["global_step"] == total
+    assert_same_params(full, second)
+    assert train_losses(second) == train_losses(full)
+    # the best-k bookkeeping inside the checkpoint lives in the new dir and names files there
+    for key, state in last["callbacks"].items():
+        if "dirpath" not in state:
+            continue
+        assert state["dirpath"] == str(ckdir.resolve()), key
+        for path in [*state["best_k_models"], state["best_model_path"], state["last_model_path"]]:
+            if path:
+                assert Path(path).parent == ckdir.resolve() and Path(path).is_file(), (key, path)
+    if how == "copied":  # the original is left as it was
+        assert {p: p.read_bytes() for p in sorted(first.rglob("*")) if p.is_file()} == kept
+
+
+def test_resume_onto_a_changed_corpus_is_refused_unless_allow_changes(compose, tmp_path, tiny_corpus):
+    run = tmp_path / "run"
+    train(compose("train", run, _overrides(tiny_corpus, 12, "stop_after_steps=6")))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    stored = torch.load(ckpt, weights_only=True)["charlm"]["data"]["sha256"]
+    text = tiny_corpus.read_text(encoding="utf-8")
+    tiny_corpus.write_text(text[::-1], encoding="utf-8")  # same characters, same length, other text
+    with pytest.raises(CharLMError) as e:
+        train(compose("train", tmp_path / "x", [f"resume={run}"]))
+    msg = str(e.value)
+    assert "changed since the checkpoint" in msg and stored[:16] in msg and "allow_changes=true" in msg
+    ck = torch.load(ckpt, weights_only=True)
+    assert ck["global_step"] == 6 and ck["charlm"]["data"]["sha256"] == stored  # nothing written
+    # allow_changes=true: continues on the changed text, and the checkpoint then names it
+    train(compose("train", tmp_path / "x", [f"resume={run}", "allow_changes=true", "stop_after_steps=9"]))
+    ck = torch.load(ckpt, weights_only=True)
+    assert ck["global_step"] == 9 and ck["charlm"]["data"]["sha256"] != stored
+    # another vocabulary is refused even with allow_changes: the ids would mean other characters
+    tiny_corpus.write_text(text[::-1] + "@", encoding="utf-8")
+    assert "@" not in text
+    with pytest.raises(CharLMError, match=r"no longer has the run's vocabulary.*only in the file now: \['@'\]"):
+        train(compose("train", tmp_path / "x", [f"resume={run}", "allow_changes=true"]))
+
+
+def test_resume_from_an_earlier_checkpoint_keeps_each_sample_block_once(compose, tmp_path, tiny_corpus):
+    """samples.txt and the samples of the checkpoint (the W&B table's rows) after a resume from an
+    earlier checkpoint are those of a run never resumed: blocks written after that checkpoint are
+    dropped (those steps run again), blocks before it kept."""
+    from charlm.training.callbacks import read_samples
+
+    extra = ("callbacks.samples.length=30",)
+    full = tmp_path / "full"
+    train(compose("train", full, _overrides(tiny_corpus, 20, *extra)))
+    run = tmp_path / "run"
+    train(compose("train", run, _overrides(tiny_corpus, 20, *extra)))
+    (best10,) = (run / "checkpoints").glob("step000010-*.ckpt")
+    train(compose("train", tmp_path / "x", [f"resume={best10}"]))
+    assert (run / "samples.txt").read_text(encoding="utf-8") == (full / "samples.txt").read_text(encoding="utf-8")
+    assert [b["step"] for b in read_samples(run / "samples.txt")] == [10, 10, 20, 20]
+    (best20,) = (run / "checkpoints").glob("step000020-*.ckpt")  # written after the validation of step 20
+    rows = torch.load(best20, weights_only=True)["callbacks"]["SampleText"]["rows"]
+    assert [(r[0], r[1]) for r in rows] == [(10, 1.0), (10, 0.6), (20, 1.0), (20, 0.6)]

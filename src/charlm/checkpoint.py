@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from charlm.errors import CharLMError
+from charlm.files import new_temp_file
 
 
 #: TEST HOOK, not a setting: when this environment variable holds a number of seconds,
@@ -34,12 +34,13 @@ TEST_PAUSE_ENV = "CHARLM_TEST_PAUSE_IN_CHECKPOINT_WRITE"
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path`` atomically: temporary file ``.<name>.<random>.tmp`` in the
     same folder, ``fsync``, ``os.replace``. A process killed before the rename leaves ``path``
-    as it was (a stale ``.tmp`` file may remain and can be deleted)."""
+    as it was (a stale ``.tmp`` file may remain and can be deleted). The file gets the mode the
+    umask gives any new file (``0644`` with the usual umask 022), as ``torch.save`` would."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(obj, buf)  # serialise fully before touching the disk
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = new_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             data = buf.getbuffer()

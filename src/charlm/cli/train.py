@@ -94,12 +94,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ckpt_path = str(found)
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
+    if not cfg.get("resume"):
+        resume.check_new_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     dm, module, trainer = build(cfg, overrides)
     if cfg.get("init_from"):
         resume.load_initial_weights(module, cfg.init_from)
     if cfg.get("resume"):
-        resume.keep_csv_history(trainer, resume.checkpoint_step(ckpt_path))
+        resume.check_resumed_corpus(ckpt_path, dm.corpus, bool(cfg.get("allow_changes")), cfg.resume)
+        rows = resume.keep_csv_history(trainer, resume.checkpoint_step(ckpt_path))
+        if resume.rebuilds_wandb_history(cfg):
+            resume.rebuild_wandb_history(trainer, ckpt_path, rows)
     log.info(
         "model: %s %dx%d, %s parameters; data: batch %d x seq %d",
         module.net.cell, module.net.num_layers, module.net.hidden_size,

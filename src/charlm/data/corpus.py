@@ -16,8 +16,12 @@ read twice instead of three times. Other codecs take the reference path above.
 
 The cache entry (``ids.npy``, ``vocab.json``, ``meta.json``) is written to a temporary folder
 and renamed into place, so a killed preparation never leaves a half-written cache. A small
-index keyed by (path, size, mtime) lets an unchanged file skip even the hash pass, so a
-second run starts at once.
+index per (path, encoding, newline) lets an unchanged file skip even the hash pass, so a second
+run starts at once. It trusts a file only while its stat signature is the one recorded (device,
+inode, size, mtime and ctime, all in ns): tools that restore an mtime (``cp -p``, ``rsync -t``,
+``tar``) cannot restore a ctime (the kernel sets it on every change, the restoring ``utime``
+included), and a replaced file has a new inode. A file changed so recently that a later change
+could still get the same ctime tick (see :data:`RACY_NS`) is hashed again rather than trusted.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ import numpy as np
 from charlm.data import utf8fast
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
+from charlm.files import new_temp_dir, new_temp_file
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,11 @@ CACHE_VERSION = 1
 #: Bytes read per chunk: bounds memory (a chunk is held as bytes, str and uint32 at once).
 CHUNK_BYTES = 8 << 20
 NEWLINE_MODES = ("normalize", "keep")
+#: A file whose ctime is less than this many ns before the index entry was written is hashed
+#: again on its next use instead of trusted: file-system timestamps tick coarsely (a kernel
+#: jiffy, up to 10 ms, on Linux; more on some network file systems), so a rewrite within the
+#: same tick could leave the whole stat signature unchanged ("racily clean", as git calls it).
+RACY_NS = 2_000_000_000
 
 
 @dataclass
@@ -103,7 +113,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeo
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp = new_temp_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
     h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -291,6 +301,11 @@ def _index_path(cache_root: Path, path: Path, encoding: str, newline: str) -> Pa
     return cache_root / "index" / f"{key}.json"
 
 
+def _stat_signature(st: os.stat_result) -> list[int]:
+    """What the cache index trusts a file by: ``[st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns]``."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def _entry_dir(cache_root: Path, sha256: str, encoding: str, newline: str) -> Path:
     return cache_root / f"{sha256[:32]}-{encoding}-{newline}-v{CACHE_VERSION}"
 
@@ -353,15 +368,15 @@ def prepare_corpus(
     if st.st_size == 0:
         raise CharLMError(f"input is empty: {source} has 0 bytes; give a text file with some characters.")
 
-    # Fast path: the file is unchanged since it was last prepared (same size and mtime).
+    # Fast path: the file is unchanged since it was last prepared (same stat signature).
     index = _index_path(cache_root, source, encoding, newline)
     try:
         known = json.loads(index.read_text(encoding="utf-8"))
-        if known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
+        if known["stat"] == _stat_signature(st) and known["indexed_ns"] - st.st_ctime_ns >= RACY_NS:
             hit = _load_entry(_entry_dir(cache_root, known["sha256"], encoding, newline), source)
             if hit is not None:
                 return hit
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         pass
 
     # UTF-8: the hash is computed during the fast count pass (in a helper thread), saving a read
@@ -386,7 +401,8 @@ def prepare_corpus(
     try:
         index.parent.mkdir(parents=True, exist_ok=True)
         tmp = index.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}))
+        entry_json = {"stat": _stat_signature(st), "indexed_ns": time.time_ns(), "sha256": sha}
+        tmp.write_text(json.dumps(entry_json))
         os.replace(tmp, index)
     except OSError as e:  # a read-only cache still works, only slower to start
         log.warning("could not write cache index %s: %s", index, e)
@@ -440,7 +456,7 @@ def _write_entry(source: Path, encoding: str, newline: str, sha: str, entry: Pat
     lut = vocab.lookup_table()
 
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+    tmp = new_temp_dir(entry.parent, prefix=f".{entry.name}.")
     try:
         # Written through a plain file, not a writable memmap: dirty memmap pages count in this
         # process's RSS (a 1 GB corpus made the peak RSS > 1 GB); file writes keep it ~chunks.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
@@ -27,6 +28,10 @@ class SampleText(L.Callback):
     ``step, temperature, text``, so the evolution of samples during training can be read back
     (the blog's "evolution of samples while training").
 
+    The rows are part of every checkpoint (``state_dict``): a resumed run's table holds the rows
+    from before the checkpoint too, and its ``samples.txt`` is rewritten to exactly those rows
+    (blocks written after the checkpoint by a killed run are dropped: those steps run again).
+
     Args:
         output_dir: the run directory.
         prime: text to start from (default: a newline, or the vocabulary's first character).
@@ -42,24 +47,65 @@ class SampleText(L.Callback):
         self.length = int(length)
         self.temperatures = [float(t) for t in temperatures]
         self.seed = int(seed)
+        #: ``[step, temperature, text]`` of every sample so far, in order
         self.rows: list[list] = []
+        self._restored = False
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.length <= 0:
             return
         step = trainer.global_step
         vocab = Vocab(pl_module.vocab)
-        blocks = []
+        new = []
         for t in self.temperatures:
             text = sample(pl_module.net, vocab, self.prime, self.length, temperature=t, seed=self.seed + step)[0]
-            self.rows.append([step, t, text])
-            blocks.append(f"{SAMPLE_HEADER.format(step=step, temperature=t)}\n{text}\n")
+            new.append([step, t, text])
+        self.rows += new
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "samples.txt", "a", encoding="utf-8") as f:
-            f.write("\n".join(blocks) + "\n")
+            f.write(_samples_block(new))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_text(key="samples", columns=["step", "temperature", "text"], data=list(self.rows), step=step)
+                self.log_table(logger, step, self.rows)
+
+    @staticmethod
+    def log_table(logger: WandbLogger, step: int, rows: list[list]) -> None:
+        """Log the W&B table ``samples`` (columns ``step, temperature, text``) of ``rows`` at ``step``."""
+        logger.log_text(key=SAMPLES_TABLE, columns=list(SAMPLES_COLUMNS), data=[list(r) for r in rows], step=step)
+
+    def state_dict(self) -> dict:
+        return {"rows": [list(r) for r in self.rows]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = [list(r) for r in state_dict.get("rows", [])]
+        self._restored = True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after a resume: samples.txt holds exactly the checkpoint's rows (a run killed after
+        # the checkpoint may have appended blocks for steps that now run again)
+        if not self._restored or not trainer.is_global_zero:
+            return
+        self._restored = False
+        path = self.output_dir / "samples.txt"
+        if not self.rows and not path.exists():
+            return
+        by_step: dict[int, list[list]] = {}
+        for r in self.rows:
+            by_step.setdefault(int(r[0]), []).append(r)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(_samples_block(rows) for rows in by_step.values()), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+#: The W&B table of :class:`SampleText` and its columns.
+SAMPLES_TABLE = "samples"
+SAMPLES_COLUMNS = ("step", "temperature", "text")
+
+
+def _samples_block(rows: list[list]) -> str:
+    """The text :class:`SampleText` appends to ``samples.txt`` for one validation's rows."""
+    return "\n".join(f"{SAMPLE_HEADER.format(step=r[0], temperature=r[1])}\n{r[2]}\n" for r in rows) + "\n"
 
 
 def read_samples(path: str | Path) -> list[dict]:
@@ -97,9 +143,14 @@ class LastCheckpoint(ModelCheckpoint):
     position in that rewrite is the one written at the end of the step, so Lightning resumes it
     as it resumes any step-end checkpoint (it resumes one taken during a validation wrongly at
     the last batch of an epoch: it trains a batch twice).
+
+    ``last.ckpt`` is always the newest state: it is replaced (atomically, by
+    :class:`~charlm.checkpoint.AtomicCheckpointIO`), never versioned as ``last-v1.ckpt``
+    (``enable_version_counter=False``).
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 250, **kwargs):
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps, **kwargs)
         self._writing = False  # a dump of ours (on_save_checkpoint runs for every callback's)
         self._step_end_loops: tuple[int, dict] | None = None  # (step, loops state written at its end)

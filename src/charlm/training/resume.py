@@ -9,7 +9,9 @@
 - ``init_from=<checkpoint>``: :func:`load_initial_weights`, weights only, vocabulary checked.
 - :class:`StopControl`: ``stop_after_steps``, SIGTERM/SIGINT -> ``last.ckpt`` then stop.
 - :class:`RunInfo`: stores the resolved config, its overrides and the W&B run id in every
-  checkpoint (``checkpoint["charlm_run"]``), so a checkpoint alone is enough to resume.
+  checkpoint (``checkpoint["charlm_run"]``), so a checkpoint alone is enough to resume; a run
+  dir that was moved or copied resumes exactly (:func:`relocate_checkpoint_states`).
+- :func:`check_new_run_dir`: a new run never writes into a run dir that holds another.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from charlm.checkpoint import load_checkpoint
@@ -69,6 +72,95 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
     p = p.resolve()
     run_dir = p.parent.parent if p.parent.name == "checkpoints" else None
     return p, run_dir
+
+
+#: What a training leaves in its run dir (globs); a new training refuses a dir that holds any.
+RUN_FILES = ("checkpoints/*.ckpt", "csv/metrics.csv", "samples.txt", "wandb/offline-run-*", "wandb/run-*")
+
+
+def check_new_run_dir(out: str | Path) -> None:
+    """Refuse to start a new run (no ``resume=``) in a run dir that already holds one.
+
+    A second training there would mix two runs: Lightning would write its ``last.ckpt`` as
+    ``last-v1.ckpt`` beside the first run's, the CSV logger would delete the first run's
+    ``metrics.csv``, and samples, best-k files and W&B folders would interleave. Checked on
+    global rank 0 only (other ranks start after rank 0 has created its files).
+
+    Raises:
+        CharLMError: naming what the dir holds, and the two ways on: ``resume=<dir>`` or another dir.
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    out = Path(out)
+    found = [str(p.relative_to(out)) for pattern in RUN_FILES for p in sorted(out.glob(pattern))]
+    if not found:
+        return
+    shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    raise CharLMError(
+        f"{out} already holds a training run ({shown}); a new run there would mix the two. "
+        f"Continue that run with charlm-train resume={out}, or start the new one in another dir "
+        "(drop hydra.run.dir=, or give a new one)."
+    )
+
+
+class NewRunDirGuard(HydraCallback):
+    """Hydra callback (``hydra.callbacks`` of ``charlm-train``): a single run (not ``-m``)
+    without ``resume=`` checks its run dir with :func:`check_new_run_dir` in ``on_run_start``,
+    before Hydra writes ``.hydra/`` and the log there, so a refused run leaves the other run's
+    files as they were. A refusal prints ``error: ...`` and exits with status 2, as every bad
+    input of the command line does."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import sys
+
+        try:
+            if OmegaConf.select(config, "resume", default=None):
+                return
+            run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
+        except Exception:  # pragma: no cover - an unresolvable dir: train() checks it again
+            return
+        if not run_dir:
+            return
+        try:
+            check_new_run_dir(run_dir)
+        except CharLMError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+
+def relocate_checkpoint_states(trainer: L.Trainer, checkpoint: dict) -> None:
+    """Point the checkpoint callbacks' saved bookkeeping at the run dir they write to now.
+
+    Lightning's ``ModelCheckpoint`` state holds absolute paths (``dirpath``, ``best_k_models``,
+    ``best_model_path``, ``kth_best_model_path``, ``last_model_path``) and drops all but
+    ``best_model_path`` when ``dirpath`` differs, so a run dir that was moved or copied would
+    resume with no best-k ranking and write ``last-v1.ckpt`` beside a stale ``last.ckpt``.
+    Paths under the saved ``dirpath`` are rewritten, in ``checkpoint`` in place, to the same
+    names under each callback's current ``dirpath``; other paths are left as they are.
+    """
+    states = checkpoint.get("callbacks") or {}
+    for cb in trainer.checkpoint_callbacks:
+        state = states.get(getattr(cb, "state_key", None))
+        new = getattr(cb, "dirpath", None)
+        old = state.get("dirpath") if isinstance(state, dict) else None
+        if not old or not new or str(old) == str(new):
+            continue
+        old, new = str(old), str(new)
+
+        def moved(path: Any) -> Any:
+            if isinstance(path, str) and path.startswith(old + os.sep):
+                return new + path[len(old):]
+            return path
+
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in state:
+                state[key] = moved(state[key])
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
+        state["dirpath"] = new
+        log.info("the run dir moved (checkpoints were in %s, now %s): the checkpoint bookkeeping follows it", old, new)
 
 
 def resume_run_dir(target: Any, default: str) -> str:
@@ -224,6 +316,8 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
     the overrides stored in the checkpoint, then this command line's overrides), its output dir
     set to the original run dir and, with W&B, the original run id.
 
+    The corpus itself is compared after it is prepared, by :func:`check_resumed_corpus`.
+
     Raises:
         CharLMError: no checkpoint found; a checkpoint without charlm run info; or a
             hyper-parameter changed without ``allow_changes=true`` (the message lists them).
@@ -246,7 +340,9 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
             del new["hydra"]
         if OmegaConf.select(new, "logger.wandb") is not None and run.get("wandb_id"):
             new.logger.wandb.id = run["wandb_id"]
-            new.logger.wandb.resume = "allow"
+            # offline with a CSV log, the resumed process writes the whole W&B run again
+            # (rebuild_wandb_history): a new run as far as W&B is concerned, not a resumed one
+            new.logger.wandb.resume = None if rebuilds_wandb_history(new) else "allow"
     old_resolved = dict(run["config"])
     new_resolved = _resolved(new)
     changed, extended = config_changes(old_resolved, new_resolved)
@@ -268,6 +364,51 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
         keep_newer_last(ckpt_path, run_dir, step)
     log.info("resuming %s from %s (step %d)", out_dir, ckpt_path, step)
     return new, ckpt_path, overrides
+
+
+def check_resumed_corpus(ckpt_path: str | Path, corpus, allow_changes: bool = False, target: Any = None) -> None:
+    """Refuse to resume onto a corpus whose content is not the one the checkpoint was trained on.
+
+    Compares the corpus as prepared now (``corpus``: a
+    :class:`~charlm.data.corpus.PreparedCorpus`) with the checkpoint's ``charlm`` entry: its
+    vocabulary (``vocab``) and the sha256 of the file's bytes (``data.sha256``). A checkpoint
+    without a stored hash (older format) is only compared by vocabulary.
+
+    Raises:
+        CharLMError: if the vocabulary differs (always: the ids would mean other characters;
+            the message lists the characters only in one of them), or the content differs with
+            the same vocabulary and ``allow_changes`` is false (the message gives both hashes
+            and lengths and the ways on).
+    """
+    entry = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("charlm") or {}
+    data = entry.get("data") or {}
+    what = f"resume={target if target is not None else ckpt_path}"
+    old_vocab, new_vocab = list(entry.get("vocab") or []), list(corpus.vocab.chars)
+    if old_vocab and old_vocab != new_vocab:
+        only_old = sorted(set(old_vocab) - set(new_vocab))
+        only_new = sorted(set(new_vocab) - set(old_vocab))
+        raise CharLMError(
+            f"{what}: the corpus {corpus.source} no longer has the run's vocabulary "
+            f"({len(old_vocab)} -> {len(new_vocab)} characters; only in the run's: {only_old!r}; only in the "
+            f"file now: {only_new!r}), so the model cannot continue on it (allow_changes=true does not change "
+            "that). Restore the text the run was trained on"
+            + (f" (sha256 {data['sha256'][:16]}...)" if data.get("sha256") else "")
+            + ", or train a new run on this one."
+        )
+    old_sha = data.get("sha256")
+    if not old_sha or old_sha == corpus.sha256:
+        return
+    change = (
+        f"the corpus {corpus.source} changed since the checkpoint was written (sha256 {old_sha[:16]}... -> "
+        f"{corpus.sha256[:16]}..., {int(data.get('num_chars', 0)):,} -> {corpus.num_chars:,} characters, "
+        "same vocabulary)"
+    )
+    if not allow_changes:
+        raise CharLMError(
+            f"{what}: {change}. Resume on the text the run was trained on (restore the file), or pass "
+            "allow_changes=true to continue training on the changed text."
+        )
+    log.warning("%s (allow_changes=true): training continues on the changed text", change)
 
 
 def keep_newer_last(ckpt_path: Path, run_dir: Path, step: int) -> Path | None:
@@ -311,15 +452,21 @@ def checkpoint_step(path: str | Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
 
 
-def keep_csv_history(trainer: L.Trainer, step: int) -> None:
+def keep_csv_history(trainer: L.Trainer, step: int) -> list[dict[str, str]] | None:
     """Keep a resumed run's ``metrics.csv``: Lightning's ``CSVLogger`` deletes an existing file
     when it starts, so the rows logged up to the checkpoint's ``step`` are put back (rows logged
-    after it, by a run killed before its next checkpoint, are dropped: those steps run again)."""
+    after it, by a run killed before its next checkpoint, are dropped: those steps run again).
+
+    Returns:
+        the rows kept (``csv.DictReader`` rows: column -> text, empty where a row has no value),
+        or ``None`` when there is no CSV logger or no ``metrics.csv`` (and on ranks other than 0).
+    """
     import csv
     import io
 
     from lightning.pytorch.loggers import CSVLogger
 
+    kept: list[dict[str, str]] | None = None
     for lg in trainer.loggers:
         if not isinstance(lg, CSVLogger) or not trainer.is_global_zero:
             continue
@@ -336,6 +483,98 @@ def keep_csv_history(trainer: L.Trainer, step: int) -> None:
             w.writeheader()
             w.writerows(keep)
         writer.metrics_keys = sorted(set(header))
+        if kept is None:
+            kept = keep
+    return kept
+
+
+# ---------------------------------------------------------------------- W&B history on resume
+#: Where earlier W&B folders of a resumed run go (under ``<run dir>/wandb/``), out of the reach
+#: of ``wandb sync <run dir>/wandb/offline-run-*`` and ``wandb sync <run dir>/wandb``.
+SUPERSEDED_WANDB = "superseded"
+
+
+def rebuilds_wandb_history(cfg: DictConfig) -> bool:
+    """Whether resuming ``cfg``'s run writes its whole W&B run again (:func:`rebuild_wandb_history`):
+    W&B offline (the default) and a CSV logger to take the history from. Online, or without a
+    CSV log, the W&B run is resumed as W&B does it (``resume="allow"``)."""
+    wb = OmegaConf.select(cfg, "logger.wandb", default=None)
+    if wb is None:
+        return False
+    offline = bool(wb.get("offline", False)) or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun")
+    loggers = OmegaConf.select(cfg, "logger", default=None) or {}
+    has_csv = any(c is not None and str(c.get("_target_", "")).endswith("CSVLogger") for c in loggers.values())
+    return offline and has_csv
+
+
+def rebuild_wandb_history(trainer: L.Trainer, ckpt_path: str | Path, rows: list[dict[str, str]] | None) -> list[Path]:
+    """Make a resumed run's offline W&B files hold the whole run, each step once.
+
+    W&B (0.31) cannot drop what an earlier process logged after the checkpoint: ``wandb sync``
+    uploads a resumed run's offline folders one after the other, so steps run again after a
+    resume from an earlier checkpoint (a SIGKILL between checkpoints, ``resume=<best-k file>``)
+    would appear twice, and a killed process leaves its last seconds unwritten (its ``.wandb``
+    file may even hold the header only). Instead, before the W&B run starts:
+
+    1. the run's earlier offline folders (``wandb/offline-run-*-<id>``) are moved to
+       ``wandb/superseded/`` (kept, but out of the reach of ``wandb sync``);
+    2. the new folder (same run id) gets the history up to the checkpoint again: the CSV rows
+       kept by :func:`keep_csv_history` (``rows``; every row the loggers received, W&B's
+       included) and the ``samples`` table at each validation, from the rows of
+       :class:`~charlm.training.callbacks.SampleText` stored in the checkpoint, in step order.
+
+    Training then logs from the checkpoint on, so the one folder holds each step once, in order.
+    Rank 0 only. Returns the folders moved aside.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    from charlm.training.callbacks import SampleText
+
+    if not trainer.is_global_zero:
+        return []
+    moved: list[Path] = []
+    samples = next((cb for cb in trainer.callbacks if isinstance(cb, SampleText)), None)
+    sample_rows: list[list] = []
+    if samples is not None:
+        states = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("callbacks") or {}
+        sample_rows = [list(r) for r in (states.get(samples.state_key) or {}).get("rows", [])]
+    for lg in trainer.loggers:
+        if not isinstance(lg, WandbLogger) or not lg.save_dir or not lg.version:
+            continue
+        folder = Path(lg.save_dir) / "wandb"
+        for old in sorted(folder.glob(f"offline-run-*-{lg.version}")):
+            aside = folder / SUPERSEDED_WANDB / old.name
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(old, aside)
+            moved.append(aside)
+        events: list[tuple[int, int, int, Any]] = []
+        for i, row in enumerate(rows or []):
+            metrics = {k: _csv_number(v) for k, v in row.items() if k != "step" and v not in (None, "")}
+            if metrics and row.get("step") not in (None, ""):
+                events.append((int(float(row["step"])), 0, i, metrics))
+        for i, step in enumerate(dict.fromkeys(int(r[0]) for r in sample_rows)):
+            events.append((step, 1, i, [r for r in sample_rows if int(r[0]) <= step]))
+        for step, kind, _, payload in sorted(events, key=lambda e: e[:3]):
+            if kind == 0:
+                lg.log_metrics(payload, step=step)
+            else:
+                SampleText.log_table(lg, step, payload)
+        if moved or events:
+            log.info(
+                "W&B: the run's history up to the checkpoint was written again into the new offline folder "
+                "(%d metric rows, %d samples tables)%s; it holds the whole run",
+                sum(1 for e in events if e[1] == 0), sum(1 for e in events if e[1] == 1),
+                f"; earlier folders moved to {folder / SUPERSEDED_WANDB}" if moved else "",
+            )
+    return moved
+
+
+def _csv_number(text: str) -> int | float:
+    """A metric value as the CSV logger wrote it (``repr`` of an int or a float): the same number."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 # ---------------------------------------------------------------------- init_from
@@ -465,7 +704,9 @@ def restore_rng_states(module: L.LightningModule, rng: dict[str, Any] | None) ->
 class RunInfo(L.Callback):
     """Stores ``{"config", "overrides", "wandb_id"}`` in every checkpoint as
     ``checkpoint["charlm_run"]``: the resolved config, the Hydra overrides that compose it and
-    the W&B run id, which is all ``resume=`` needs besides the checkpoint."""
+    the W&B run id, which is all ``resume=`` needs besides the checkpoint. On loading, points
+    the checkpoint callbacks' saved paths at the run dir as it is now
+    (:func:`relocate_checkpoint_states`)."""
 
     def __init__(self, config: dict, overrides: list[str]):
         self.config = config
@@ -480,6 +721,11 @@ class RunInfo(L.Callback):
                 except Exception:  # pragma: no cover
                     wandb_id = None
         checkpoint["charlm_run"] = {"config": self.config, "overrides": self.overrides, "wandb_id": wandb_id}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # runs before any callback's load_state_dict: the checkpoint callbacks then load paths
+        # of the run dir as it is now (moved or copied run dirs resume exactly)
+        relocate_checkpoint_states(trainer, checkpoint)
 
 
 class TrainingInterrupted(Exception):
@@ -616,6 +862,9 @@ __all__ = [
     "StopControl",
     "TrainingInterrupted",
     "check_multirun_ddp",
+    "check_new_run_dir",
+    "check_resumed_corpus",
+    "NewRunDirGuard",
     "config_changes",
     "find_checkpoint",
     "gather_rng_states",
@@ -625,6 +874,9 @@ __all__ = [
     "local_train_state",
     "merge_overrides",
     "prepare_resume",
+    "rebuild_wandb_history",
+    "rebuilds_wandb_history",
+    "relocate_checkpoint_states",
     "restore_rng_states",
     "resume_run_dir",
 ]
