@@ -191,17 +191,31 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 class _DropAdverts(logging.Filter):
-    """Drop Lightning's "💡 Tip: try installing ..." product adverts from the console."""
+    """Drop Lightning's "💡 Tip: try installing ..." product adverts from the console, and its
+    note that the model summary callback it would add is already there (charlm's, without
+    the FLOPs column)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(("💡 Tip", "Trainer already configured with model summary callbacks"))
+
+
+_ADVERTS = _DropAdverts()
 
 
 def quiet_third_party() -> None:
-    """Keep the console for charlm's own lines: no product tips, no deprecation notices from
-    inside Lightning that a user cannot act on."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+    """Keep the console for charlm's own lines: no product tips, no notices from inside
+    Lightning and torch that a user cannot act on. Idempotent; the benchmarks call it too.
+
+    Silenced: Lightning's litmodels/litlogger tips and its note on the model summary callback; its advice to log epoch-level metrics with
+    ``sync_dist=True`` (charlm's val/test metrics are torchmetrics metrics, already reduced
+    over all ranks before they are logged); torch's deprecation notice for the all-gather that
+    ``LightningModule.all_gather`` makes under DDP (resume state); a pytree notice from inside Lightning."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _ADVERTS not in rank_zero.filters:
+        rank_zero.addFilter(_ADVERTS)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/.*sync_dist=True")
+    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
 
 
 def main() -> None:
