@@ -20,6 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from charlm.cli.common import command
 from charlm.errors import CharLMError
 
 log = logging.getLogger("charlm.sweeps")
@@ -158,22 +159,38 @@ class JobReport(Callback):
 
         out = Path(str(config.hydra.runtime.output_dir))
         overrides = list(job_return.overrides or [])
-        status: dict[str, Any] = {"status": job_return.status.name, "overrides": overrides}
+        # a single run has no job number, and reports its own errors (charlm.cli.common.clean_errors)
+        multirun = _is_multirun(config.hydra)
         err = job_return._return_value if job_return.status == JobStatus.FAILED else None
         if type(err).__name__ == "TrainingInterrupted":  # stopped by a signal, last.ckpt written
-            status.update(status="INTERRUPTED", error=str(err))
-            log.warning("job %s INTERRUPTED (%s): %s; resume with charlm-train resume=%s",
-                        config.hydra.job.num, " ".join(overrides), err, out)
+            write_job_status(out, "INTERRUPTED", overrides, error=str(err))
+            if multirun:
+                log.warning("job %s INTERRUPTED (%s): %s; resume with %s",
+                            config.hydra.job.num, " ".join(overrides), err, command("charlm-train", resume=out))
         elif job_return.status == JobStatus.FAILED:
-            status["error"] = f"{type(err).__name__}: {err}"
-            log.error("job %s FAILED (%s): %s; run dir %s", config.hydra.job.num, " ".join(overrides), status["error"], out)
-            if not isinstance(err, CharLMError):
-                log.debug("".join(traceback.format_exception(err)))
+            error = f"{type(err).__name__}: {err}"
+            write_job_status(out, "FAILED", overrides, error=error)
+            if multirun:
+                log.error("job %s FAILED (%s): %s; run dir %s", config.hydra.job.num, " ".join(overrides), error, out)
+                if not isinstance(err, CharLMError):
+                    log.debug("".join(traceback.format_exception(err)))
         else:
             value = job_return._return_value
-            status["value"] = float(value) if isinstance(value, (int, float)) else None
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.create(status), out / JOB_STATUS_FILE)
-        except OSError as e:  # pragma: no cover - read-only or vanished run dir
-            log.warning("could not write %s: %s", out / JOB_STATUS_FILE, e)
+            write_job_status(out, job_return.status.name, overrides, value=float(value) if isinstance(value, (int, float)) else None)
+
+
+def write_job_status(run_dir: Path, status: str, overrides: list[str], value: float | None = None,
+                     error: str | None = None) -> None:
+    """Write ``<run_dir>/job_status.yaml``: ``status`` (COMPLETED, FAILED, INTERRUPTED), the
+    job's ``overrides``, and ``value`` (the objective) or ``error`` (``"<type>: <message>"``).
+    Never raises: a run dir that cannot be written is logged."""
+    data: dict[str, Any] = {"status": status, "overrides": list(overrides)}
+    if error is not None:
+        data["error"] = error
+    elif status == "COMPLETED":
+        data["value"] = value
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(data), run_dir / JOB_STATUS_FILE)
+    except OSError as e:  # pragma: no cover - read-only or vanished run dir
+        log.warning("could not write %s: %s", run_dir / JOB_STATUS_FILE, e)
