@@ -67,8 +67,10 @@ def _is_multirun(hc: DictConfig | None) -> bool:
 def name_wandb_run(cfg: DictConfig) -> None:
     """Fill in ``logger.wandb.name``, ``group`` and ``tags`` of ``cfg`` in place, where unset.
 
-    * name: the job's overrides (``hydra.job.override_dirname``), e.g.
-      ``model.hidden_size=128,optimizer.lr=0.001``; in a multirun with no overrides, ``job<num>``.
+    * name: the run's overrides (``hydra.job.override_dirname``), e.g.
+      ``model.hidden_size=128,optimizer.lr=0.001``; in a multirun all the job's overrides, sorted
+      (``seed=2,trainer.max_steps=100``: a swept key is always in the name, also those that job
+      folder names leave out), or ``job<num>`` when it has none.
     * group (multirun only): ``<task_name>/<sweep dir name>``, the same for every job of a sweep,
       so W&B's "group by" shows one sweep per group.
     * tags: the user's tags plus the corpus name, the cell type and ``sweep`` in a multirun.
@@ -81,6 +83,10 @@ def name_wandb_run(cfg: DictConfig) -> None:
         return
     multirun = _is_multirun(hc)
     overrides = OmegaConf.select(hc, "job.override_dirname", default="") or ""
+    if multirun:
+        # every override of the job, the ones override_dirname leaves out (seed, ...) included:
+        # a sweep over seed=1,2,3 alone must not give runs of one name
+        overrides = ",".join(sorted(str(o) for o in (OmegaConf.select(hc, "overrides.task", default=None) or [])))
     with open_dict(cfg):
         if wb.get("name") is None:
             if overrides:
