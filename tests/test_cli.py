@@ -205,6 +205,9 @@ def test_a_comma_without_multirun_a_typo_and_an_unknown_config_are_one_line_erro
     with pytest.raises(CharLMError, match=r"optimizer.lr=1e-3,3e-3: a ',' .* needs -m \(--multirun\).*\"optimizer.lr='1e-3,3e-3'\""):
         check_overrides(["optimizer.lr=1e-3,3e-3"], "train")
     check_overrides(["-m", "optimizer.lr=1e-3,3e-3"], "train")  # a sweep in a multirun
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    # a config that asks for a multirun itself needs no -m (README: Optuna search)
+    check_overrides(["hparams_search=optuna", "optimizer.lr=tag(log, interval(1e-4, 1e-2))"], "train")
     with pytest.raises(CharLMError, match=r"charlm-sample has no option top_kk \(charlm-sample --help lists its options"):
         check_overrides(["top_kk=5"], "sample")
     with pytest.raises(CharLMError, match="model=lstmm: charlm-train has no such model config; choose one of gru, lstm, rnn"):
@@ -249,7 +252,7 @@ def test_every_option_of_sample_eval_and_visualize_is_checked_before_any_work(tm
     (["trainer.max_steps=abc"], "trainer.max_steps=abc must be an integer >= -1"),
     (["stop_after_steps=1.5"], "stop_after_steps=1.5 must be an integer >= 1 (or null: train to the end)"),
     (["model.dropout=1"], "model.dropout=1 must be a finite number >= 0 and < 1"),
-    (["optimizer.lr=abc"], "optimizer.lr=abc must be a finite number > 0"),
+    (["optimizer.lr=abc"], "optimizer.lr=abc must be a finite number >= 0"),
     (["trainer.val_check_interval=2.5"], "trainer.val_check_interval=2.5 must be an integer >= 1, or a fraction in (0, 1]"),
     (["trainer.accelerator=gpu7"], "trainer: You selected an invalid accelerator name: `accelerator='gpu7'`"),
     (["trainer.devices=gpu7"], "trainer: `devices` selected with `CPUAccelerator` should be an int > 0"),

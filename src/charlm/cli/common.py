@@ -60,16 +60,17 @@ def _overrides_mask(argv: list[str]) -> list[bool]:
     return mask
 
 
+_PARSER = None
+
+
 def _parser():
+    """Hydra's override parser (built once)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     global _PARSER
     if _PARSER is None:
         _PARSER = OverridesParser.create()
     return _PARSER
-
-
-_PARSER = None
 
 
 def _parse(override: str):
@@ -230,11 +231,10 @@ def check_overrides(argv: list[str], config_name: str | None = None) -> None:
     """
     multirun = any(a in _MULTIRUN_FLAGS for a in argv)
     overrides: list[str] = []
-    precheck = config_name is not None and not multirun and not _FLAGS_NO_PRECHECK & set(argv)
+    sweeps: list[str] = []
     for arg, is_override in zip(argv, _overrides_mask(argv)):
         if not is_override:
             continue
-        overrides.append(arg)
         key, sep, value = arg.partition("=")
         if not sep and not key.startswith("~"):
             what = f"{_app(config_name)} --help" if config_name else "--help"
@@ -245,13 +245,31 @@ def check_overrides(argv: list[str], config_name: str | None = None) -> None:
                 f"cannot read the option {arg}: Hydra gives spaces and , ' \" ( ) [ ] {{ }} = # : a meaning in a value; "
                 + _quoting_hint(key, value)
             )
-        if o.is_sweep_override() and not multirun:
-            raise CharLMError(
-                f"{arg}: a ',' (or a sweep function) gives several values, which needs -m (--multirun); "
-                + _quoting_hint(key, value)
-            )
-    if precheck:
+        (sweeps if o.is_sweep_override() else overrides).append(arg)
+    if sweeps and not multirun and not (config_name and _config_multirun(config_name, overrides)):
+        key, _, value = sweeps[0].partition("=")
+        raise CharLMError(
+            f"{sweeps[0]}: a ',' (or a sweep function) gives several values, which needs -m (--multirun); "
+            + _quoting_hint(key, value)
+        )
+    if config_name is not None and not multirun and not sweeps and not _FLAGS_NO_PRECHECK & set(argv):
         _check_compose(config_name, overrides)
+
+
+def _config_multirun(config_name: str, overrides: list[str]) -> bool:
+    """Whether the config itself asks for a multirun (``hydra.mode: MULTIRUN``, as
+    ``hparams_search=optuna`` does, so that it needs no ``-m``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.types import RunMode
+
+    from charlm.config import config_dir
+
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name=config_name):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        return cfg.hydra.mode == RunMode.MULTIRUN
+    except Exception:  # a config that does not compose is reported by Hydra itself
+        return False
 
 
 def _check_compose(config_name: str, overrides: list[str]) -> None:
