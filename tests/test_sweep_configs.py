@@ -40,6 +40,23 @@ def test_wandb_runs_of_a_seed_only_sweep_have_distinct_names_holding_the_swept_k
     assert names == ["seed=1,trainer.max_steps=10", "seed=2,trainer.max_steps=10"]
 
 
+def test_job_report_in_a_single_run_records_a_failure_without_a_warning(compose, tmp_path, caplog):
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import open_dict, read_write
+
+    from charlm.sweeps import JobReport
+
+    cfg = compose("train", tmp_path / "run", ["seed=3"])
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.job.num = "???"  # a single run has no job number (reading it raised MissingMandatoryValue)
+    ret = JobReturn()
+    ret.status, ret.return_value, ret.overrides = JobStatus.FAILED, RuntimeError("boom"), ["seed=3"]
+    JobReport().on_job_end(config=cfg, job_return=ret)
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    status = OmegaConf.load(tmp_path / "run" / "job_status.yaml")
+    assert status.status == "FAILED" and status.error == "RuntimeError: boom" and list(status.overrides) == ["seed=3"]
+
+
 def test_sweep_subdir_uses_job_dirname(compose, tmp_path):
     cfg = compose("train", tmp_path, ["model.hidden_size=128"])
     assert "${charlm.job_dirname:" in OmegaConf.to_yaml(cfg.hydra.sweep)
