@@ -364,3 +364,29 @@ def test_a_multirun_redirected_to_a_file_shows_progress_and_its_printed_commands
     assert r.returncode == 0, r.stderr[-3000:]
     assert OmegaConf.load(job / "job_status.yaml").status == "COMPLETED"
     assert "charlm: training finished" in r.stdout and "steps: 40" in r.stdout
+
+
+def test_lightning_product_tips_are_not_printed(tmp_path):
+    import lightning as L
+
+    from charlm.cli.train import quiet_third_party
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    filters, level = rank_zero.filters[:], rank_zero.level
+    rank_zero.filters.clear()
+    rank_zero.addHandler(handler)
+    rank_zero.setLevel(logging.INFO)
+    try:
+        L.Trainer(logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+        assert any(m.startswith("💡 Tip") for m in seen)  # Lightning's litlogger advert
+        seen.clear()
+        quiet_third_party()  # charlm-train and the benchmarks call it
+        L.Trainer(logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+        assert seen and not any("Tip" in m for m in seen), seen
+    finally:
+        rank_zero.removeHandler(handler)
+        rank_zero.filters[:] = filters
+        rank_zero.setLevel(level)
