@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     import warnings
 
     warnings.filterwarnings("ignore")
+    from charlm.cli.train import quiet_third_party  # imports Lightning, which resets its loggers to INFO
+
+    quiet_third_party()  # no litlogger/litmodels tips between the results
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 

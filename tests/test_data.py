@@ -260,3 +260,16 @@ def test_missing_named_corpus_says_where_to_put_it(tmp_path):
         resolve_corpus_path("tinyshakespeare", "input.txt", tmp_path, "http://127.0.0.1:9/nothing", None)
     assert str(tmp_path / "tinyshakespeare" / "input.txt") in str(e.value)
     assert "CHARLM_DATA_DIR" in str(e.value)
+
+
+def test_a_val_split_too_small_for_its_streams_suggests_what_can_fix_it(shakespeare_path):
+    text_ids = np.zeros(15, dtype=np.int64)
+    with pytest.raises(CharLMError) as e:  # an evaluated split needs a character per stream, whatever seq_len
+        BPTTLoader(text_ids, 16, 32, cover_all=True, name="val")
+    assert "data.splits" in str(e.value) and "seq_len" not in str(e.value) and "data.batch_size" not in str(e.value)
+    dm = CharDataModule(path=str(shakespeare_path), batch_size=4, seq_len=8, eval_batch_size=200_000, splits=[0.85, 0.15, 0.0])
+    dm.prepare()
+    with pytest.raises(CharLMError) as e:
+        dm.loader("val")
+    msg = str(e.value)
+    assert "lower data.eval_batch_size" in msg and "data.splits" in msg and "data.seq_len" not in msg

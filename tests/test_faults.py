@@ -26,7 +26,7 @@ import torch
 import lightning as L
 
 from charlm.checkpoint import TEST_PAUSE_ENV, AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
-from charlm.cli.common import quote_unicode_overrides
+from charlm.cli.common import quote_overrides
 from charlm.cli.train import train
 from charlm.data.corpus import prepare_corpus
 from charlm.data.datamodule import CharDataModule
@@ -189,7 +189,7 @@ def test_mixed_script_utf8_trains_and_samples_as_utf8_under_c_locale(tmp_path):
 
     assert read_prime(OmegaConf.create({"prime": "κόσμε\\n😀", "escapes": True})) == "κόσμε\n😀"
     # the quoting rule itself: structure, existing quotes and sweeps are left to Hydra
-    assert quote_unicode_overrides(["prime=Привет", "a=x", "b='é'", "c=[é]", "-m", "d=é,ö", "e=a\\é\\"]) == [
+    assert quote_overrides(["prime=Привет", "a=x", "b='é'", "c=[é]", "-m", "d=é,ö", "e=a\\é\\"]) == [
         "prime='Привет'", "a=x", "b='é'", "c=[é]", "-m", "d=é,ö", "e='a\\é\\\\'"]
 
 

@@ -67,3 +67,19 @@ def test_default_prime_is_in_vocabulary():
     assert default_prime(VOCAB) == "\n"
     no_newline = Vocab("abc")
     assert default_prime(no_newline) == "a"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"top_k": 2.5}, "top_k=2.5 must be an integer >= 1 (or null: all characters)"),
+    ({"top_k": "abc"}, "top_k=abc must be an integer >= 1"),
+    ({"top_k": 0}, "top_k=0 must be an integer >= 1"),
+    ({"length": 2.7}, "length=2.7 must be an integer >= 0"),
+    ({"length": -1}, "length=-1 must be an integer >= 0"),
+    ({"num_samples": True}, "num_samples=true must be an integer >= 1"),
+])
+def test_counts_are_integers_in_range(net, kwargs, message):
+    # top_k=2.5 ended in a TypeError from torch.topk; length=2.7 silently gave 2 characters
+    args = {"length": 5, **kwargs}
+    with pytest.raises(CharLMError) as e:
+        sample(net, VOCAB, prime="a", **args)
+    assert str(e.value) == message or str(e.value).startswith(message)

@@ -18,6 +18,45 @@ def test_job_dirname_is_bounded_unique_and_flat():
     assert job_dirname(5, "") == "5"
 
 
+def test_wandb_runs_of_a_seed_only_sweep_have_distinct_names_holding_the_swept_key(compose, tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from charlm.sweeps import name_wandb_run
+
+    names = []
+    for num, seed in enumerate([1, 2]):
+        overrides = [f"seed={seed}", "trainer.max_steps=10"]
+        cfg = compose("train", tmp_path / str(num), overrides)
+        with read_write(cfg.hydra), open_dict(cfg.hydra):  # as Hydra sets a multirun job (override_dirname leaves seed out)
+            cfg.hydra.mode = RunMode.MULTIRUN
+            cfg.hydra.job.num = num
+            cfg.hydra.overrides.task = overrides
+            cfg.hydra.job.override_dirname = "trainer.max_steps=10"
+        HydraConfig.instance().set_config(cfg)
+        name_wandb_run(cfg)
+        names.append(cfg.logger.wandb.name)
+    assert names == ["seed=1,trainer.max_steps=10", "seed=2,trainer.max_steps=10"]
+
+
+def test_job_report_in_a_single_run_records_a_failure_without_a_warning(compose, tmp_path, caplog):
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import open_dict, read_write
+
+    from charlm.sweeps import JobReport
+
+    cfg = compose("train", tmp_path / "run", ["seed=3"])
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.job.num = "???"  # a single run has no job number (reading it raised MissingMandatoryValue)
+    ret = JobReturn()
+    ret.status, ret.return_value, ret.overrides = JobStatus.FAILED, RuntimeError("boom"), ["seed=3"]
+    JobReport().on_job_end(config=cfg, job_return=ret)
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    status = OmegaConf.load(tmp_path / "run" / "job_status.yaml")
+    assert status.status == "FAILED" and status.error == "RuntimeError: boom" and list(status.overrides) == ["seed=3"]
+
+
 def test_sweep_subdir_uses_job_dirname(compose, tmp_path):
     cfg = compose("train", tmp_path, ["model.hidden_size=128"])
     assert "${charlm.job_dirname:" in OmegaConf.to_yaml(cfg.hydra.sweep)

@@ -30,13 +30,38 @@ def _run_dir(target, default: str) -> str:
     return resume_run_dir(target, default)
 
 
+def app_options(name: str) -> str:
+    """The options of app config ``conf/<name>.yaml`` as that file lists them, each with its
+    comment, for the app's ``--help`` (``${charlm.app_options:sample}`` in its help template):
+    the top-level lines after the ``defaults`` list, up to a ``hydra:`` block, without
+    ``task_name``. ``$`` is doubled for the help template."""
+    lines = (Path(config_dir()) / f"{name}.yaml").read_text(encoding="utf-8").splitlines()
+    out: list[str] = []
+    state = "header"
+    for line in lines:
+        if state == "header":
+            state = "defaults" if line.startswith("defaults:") else "header"
+        elif state == "defaults":
+            if not line.startswith((" ", "\t", "-")) and line.strip():
+                state = "options"
+        if state != "options":
+            continue
+        if line.startswith("hydra:"):
+            break
+        if not line.startswith("task_name:"):
+            out.append(line)
+    return "\n".join(out).strip("\n").replace("$", "$$")
+
+
 def register_resolvers() -> None:
-    """Register ``${charlm.wandb_offline:}``, ``${charlm.run_dir:<resume>,<default>}`` and
-    ``${charlm.job_dirname:num,overrides}`` (idempotent)."""
+    """Register ``${charlm.wandb_offline:}``, ``${charlm.run_dir:<resume>,<default>}``,
+    ``${charlm.job_dirname:num,overrides}`` and ``${charlm.app_options:<app>}`` (idempotent)."""
     if not OmegaConf.has_resolver("charlm.wandb_offline"):
         OmegaConf.register_new_resolver("charlm.wandb_offline", _wandb_offline)
     if not OmegaConf.has_resolver("charlm.run_dir"):
         OmegaConf.register_new_resolver("charlm.run_dir", _run_dir)
+    if not OmegaConf.has_resolver("charlm.app_options"):
+        OmegaConf.register_new_resolver("charlm.app_options", app_options)
     if not OmegaConf.has_resolver("charlm.job_dirname"):
         from charlm.sweeps import job_dirname
 

@@ -224,13 +224,22 @@ def plot_curves(jobs: list[Job], labels: list[list[str]], path: Path) -> None:
     plt.close(fig)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with charlm's error format: one ``error: ...`` line, exit status 2 (argparse's
+    own prints the usage first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {message} (charlm-report --help lists the options)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``charlm-report DIR [--out OUT] [--no-plot]``; prints the Markdown table. Exit 2 on a
     :class:`CharLMError` (message, no traceback)."""
     from charlm.cli.common import utf8_stdout
 
     utf8_stdout()
-    p = argparse.ArgumentParser(prog="charlm-report", description="Table and val-bpc plot of every job of a run or multirun folder.")
+    p = _Parser(prog="charlm-report", description="Table and val-bpc plot of every job of a run or multirun folder.")
     p.add_argument("dir", help="a run dir (outputs/train/runs/...) or a multirun dir (outputs/train/multiruns/...)")
     p.add_argument("--out", default=None, help="where to write report.md, report.csv, val_bpc.png (default: DIR)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")

@@ -20,6 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from charlm.cli.common import command
 from charlm.errors import CharLMError
 
 log = logging.getLogger("charlm.sweeps")
@@ -66,8 +67,10 @@ def _is_multirun(hc: DictConfig | None) -> bool:
 def name_wandb_run(cfg: DictConfig) -> None:
     """Fill in ``logger.wandb.name``, ``group`` and ``tags`` of ``cfg`` in place, where unset.
 
-    * name: the job's overrides (``hydra.job.override_dirname``), e.g.
-      ``model.hidden_size=128,optimizer.lr=0.001``; in a multirun with no overrides, ``job<num>``.
+    * name: the run's overrides (``hydra.job.override_dirname``), e.g.
+      ``model.hidden_size=128,optimizer.lr=0.001``; in a multirun all the job's overrides, sorted
+      (``seed=2,trainer.max_steps=100``: a swept key is always in the name, also those that job
+      folder names leave out), or ``job<num>`` when it has none.
     * group (multirun only): ``<task_name>/<sweep dir name>``, the same for every job of a sweep,
       so W&B's "group by" shows one sweep per group.
     * tags: the user's tags plus the corpus name, the cell type and ``sweep`` in a multirun.
@@ -80,6 +83,10 @@ def name_wandb_run(cfg: DictConfig) -> None:
         return
     multirun = _is_multirun(hc)
     overrides = OmegaConf.select(hc, "job.override_dirname", default="") or ""
+    if multirun:
+        # every override of the job, the ones override_dirname leaves out (seed, ...) included:
+        # a sweep over seed=1,2,3 alone must not give runs of one name
+        overrides = ",".join(sorted(str(o) for o in (OmegaConf.select(hc, "overrides.task", default=None) or [])))
     with open_dict(cfg):
         if wb.get("name") is None:
             if overrides:
@@ -159,22 +166,38 @@ class JobReport(Callback):
 
         out = Path(str(config.hydra.runtime.output_dir))
         overrides = list(job_return.overrides or [])
-        status: dict[str, Any] = {"status": job_return.status.name, "overrides": overrides}
+        # a single run has no job number, and reports its own errors (charlm.cli.common.clean_errors)
+        multirun = _is_multirun(config.hydra)
         err = job_return._return_value if job_return.status == JobStatus.FAILED else None
         if type(err).__name__ == "TrainingInterrupted":  # stopped by a signal, last.ckpt written
-            status.update(status="INTERRUPTED", error=str(err))
-            log.warning("job %s INTERRUPTED (%s): %s; resume with charlm-train resume=%s",
-                        config.hydra.job.num, " ".join(overrides), err, out)
+            write_job_status(out, "INTERRUPTED", overrides, error=str(err))
+            if multirun:
+                log.warning("job %s INTERRUPTED (%s): %s; resume with %s",
+                            config.hydra.job.num, " ".join(overrides), err, command("charlm-train", resume=out))
         elif job_return.status == JobStatus.FAILED:
-            status["error"] = f"{type(err).__name__}: {err}"
-            log.error("job %s FAILED (%s): %s; run dir %s", config.hydra.job.num, " ".join(overrides), status["error"], out)
-            if not isinstance(err, CharLMError):
-                log.debug("".join(traceback.format_exception(err)))
+            error = f"{type(err).__name__}: {err}"
+            write_job_status(out, "FAILED", overrides, error=error)
+            if multirun:
+                log.error("job %s FAILED (%s): %s; run dir %s", config.hydra.job.num, " ".join(overrides), error, out)
+                if not isinstance(err, CharLMError):
+                    log.debug("".join(traceback.format_exception(err)))
         else:
             value = job_return._return_value
-            status["value"] = float(value) if isinstance(value, (int, float)) else None
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.create(status), out / JOB_STATUS_FILE)
-        except OSError as e:  # pragma: no cover - read-only or vanished run dir
-            log.warning("could not write %s: %s", out / JOB_STATUS_FILE, e)
+            write_job_status(out, job_return.status.name, overrides, value=float(value) if isinstance(value, (int, float)) else None)
+
+
+def write_job_status(run_dir: Path, status: str, overrides: list[str], value: float | None = None,
+                     error: str | None = None) -> None:
+    """Write ``<run_dir>/job_status.yaml``: ``status`` (COMPLETED, FAILED, INTERRUPTED), the
+    job's ``overrides``, and ``value`` (the objective) or ``error`` (``"<type>: <message>"``).
+    Never raises: a run dir that cannot be written is logged."""
+    data: dict[str, Any] = {"status": status, "overrides": list(overrides)}
+    if error is not None:
+        data["error"] = error
+    elif status == "COMPLETED":
+        data["value"] = value
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(data), run_dir / JOB_STATUS_FILE)
+    except OSError as e:  # pragma: no cover - read-only or vanished run dir
+        log.warning("could not write %s: %s", run_dir / JOB_STATUS_FILE, e)

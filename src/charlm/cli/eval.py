@@ -20,53 +20,63 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
-from charlm.cli.sample import pick_device
+from charlm.cli.common import clean_errors, fix_argv, pick_device, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.corpus import prepare_corpus
 from charlm.data.streams import split_bounds
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
+from charlm.options import Opt, check_options
 from charlm.evaluation.evaluate import evaluate, remap_ids
 
 log = logging.getLogger("charlm.eval")
 
 #: This app's names for the corpus options that error messages mention (training's are ``data.*``).
-OPTIONS = {"path": "file", "encoding": "encoding"}
+CORPUS_OPTIONS = {"path": "file", "encoding": "encoding"}
+#: charlm-eval's options with a type or range (``device``: :func:`~charlm.cli.common.pick_device`).
+OPTIONS = {
+    "split": Opt(str, choices=("train", "val", "test")),
+    "batch_size": Opt(int, min=1),
+    "seq_len": Opt(int, min=1),
+}
 
 
 def run(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.ckpt`` on ``cfg.file`` or on split ``cfg.split`` of its training corpus."""
+    """Evaluate ``cfg.ckpt`` on ``cfg.file`` or on split ``cfg.split`` of its training corpus.
+
+    Raises:
+        CharLMError: on a bad option (:data:`OPTIONS`, ``device``), checkpoint or text.
+    """
+    check_options(cfg, OPTIONS)
+    device = pick_device(cfg.device)
     if not cfg.get("ckpt"):
         raise CharLMError("no checkpoint given: charlm-eval ckpt=<run dir>/checkpoints/last.ckpt split=val")
     ckpt = load_checkpoint(cfg.ckpt, map_location="cpu")
     net, vocab = model_from_checkpoint(ckpt)
-    net.to(pick_device(str(cfg.device)))
+    net.to(device)
     data = ckpt["charlm"].get("data") or {}
     encoding = cfg.get("encoding") or data.get("encoding", "utf-8")
     newline = data.get("newline", "normalize")
     cache_dir = cfg.paths.get("cache_dir")
     if cfg.get("file"):
-        corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir, options=OPTIONS)
+        corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir, options=CORPUS_OPTIONS)
         ids, what = corpus.ids, str(corpus.source)
     else:
         split = str(cfg.split)
-        if split not in ("train", "val", "test"):
-            raise CharLMError(f"split={split!r} must be train, val or test (or give file=<text file>)")
         source = data.get("source")
         if not source or not Path(source).is_file():
             raise CharLMError(
                 f"the checkpoint's training corpus {source!r} is not available here; evaluate a file instead: "
                 "charlm-eval ckpt=... file=<text file>"
             )
-        corpus = prepare_corpus(source, encoding, newline, cache_dir, options=OPTIONS)
+        corpus = prepare_corpus(source, encoding, newline, cache_dir, options=CORPUS_OPTIONS)
         if data.get("sha256") and corpus.sha256 != data["sha256"]:
             log.warning("%s changed since training (sha256 differs): its splits may not be the ones trained on", source)
         b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[("train", "val", "test").index(split)]
         if e - b < 2:
             raise CharLMError(f"the {split} split of {source} is empty (data.splits={data.get('splits')}); choose another split")
         ids, what = corpus.ids[b:e], f"{source} [{split}]"
-    result = evaluate(net, ids, batch_size=int(cfg.batch_size), seq_len=int(cfg.seq_len), remap=remap_ids(corpus, vocab))
+    result = evaluate(net, ids, batch_size=cfg.batch_size, seq_len=cfg.seq_len, remap=remap_ids(corpus, vocab))
     result["text"] = what
     print(
         f"{what}: loss {result['loss']:.4f} nats/char | bpc {result['bpc']:.4f} | "
@@ -93,7 +103,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     utf8_stdout()
-    fix_argv()
+    fix_argv("eval")
     hydra_main()
 
 

@@ -3,8 +3,10 @@
     charlm-sample ckpt=outputs/train/runs/<run>/checkpoints/last.ckpt prime="ROMEO:" length=500 \
         temperature=0.8 top_k=null num_samples=3 seed=1
 
-Non-ASCII primes work unquoted (``prime=Привет``, see :func:`charlm.cli.common.quote_unicode_overrides`);
-``prime_file=<UTF-8 file>`` takes any text without quoting. ``length`` counts new characters; ``temperature=0`` is greedy. Output is UTF-8 on stdout (with
+The prime is taken as typed, quoted for the shell only (``prime="KING: O (my lord), it's late"``,
+``prime=Привет``; see :func:`charlm.cli.common.quote_overrides`); ``prime_file=<UTF-8 file>``
+reads it from a file. ``length`` counts new characters; ``temperature=0`` is greedy (and loops:
+"the the the ..."). Every option is checked (:data:`OPTIONS`). Output is UTF-8 on stdout (with
 ``num_samples > 1`` each sample follows a ``--- sample i/n ---`` line) and is also saved to
 ``samples.txt`` in the app's output dir.
 
@@ -22,30 +24,28 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, decode_escapes, fix_argv, utf8_stdout
+from charlm.cli.common import clean_errors, decode_escapes, fix_argv, pick_device, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.vocab import describe_chars
 from charlm.errors import CharLMError
-from charlm.sampling.sampler import sample
+from charlm.options import Opt, check_options
+from charlm.sampling.sampler import check_temperature, sample
 
 log = logging.getLogger("charlm.sample")
 
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device.
-
-    Raises:
-        CharLMError: if CUDA is asked for but not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CharLMError(f"device={name} but CUDA is not available on this machine; use device=cpu or device=auto")
-    return torch.device(name)
+#: charlm-sample's options with a type or range (``temperature`` is checked by the sampler,
+#: ``device`` by :func:`~charlm.cli.common.pick_device`).
+OPTIONS = {
+    "length": Opt(int, min=0),
+    "top_k": Opt(int, min=1, null="all characters"),
+    "num_samples": Opt(int, min=1),
+    "seed": Opt(int, null="a random seed"),
+    "escapes": Opt(bool),
+    "drop_unknown": Opt(bool),
+}
 
 
 def read_prime(cfg: DictConfig) -> str | None:
@@ -87,7 +87,13 @@ def join_samples(texts: list[str]) -> str:
 
 
 def run(cfg: DictConfig) -> list[str]:
-    """Sample from ``cfg.ckpt`` as configured; returns the samples."""
+    """Sample from ``cfg.ckpt`` as configured; returns the samples.
+
+    Raises:
+        CharLMError: on a bad option (:data:`OPTIONS`, ``device``, ``temperature``), checkpoint or prime.
+    """
+    check_options(cfg, OPTIONS)
+    check_temperature(cfg.temperature)
     if not cfg.get("ckpt"):
         raise CharLMError("no checkpoint given: charlm-sample ckpt=<run dir>/checkpoints/last.ckpt")
     device = pick_device(str(cfg.device))
@@ -104,10 +110,10 @@ def run(cfg: DictConfig) -> list[str]:
         net,
         vocab,
         prime=prime,
-        length=int(cfg.length),
+        length=cfg.length,
         temperature=cfg.temperature,
         top_k=cfg.top_k,
-        num_samples=int(cfg.num_samples),
+        num_samples=cfg.num_samples,
         seed=cfg.seed,
         drop_unknown=bool(cfg.drop_unknown),
     )
@@ -151,7 +157,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     utf8_stdout()
-    fix_argv()
+    fix_argv("sample")
     hydra_main()
 
 

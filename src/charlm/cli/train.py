@@ -21,35 +21,111 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from charlm.checkpoint import AtomicCheckpointIO
-from charlm.cli.common import clean_errors, fix_argv, is_multirun, utf8_stdout
+from charlm.cli.common import clean_errors, command, fix_argv, is_multirun, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model.module import CharLM
+from charlm.options import Opt, check_options
 from charlm.training import resume
 from charlm.training.callbacks import FinalValidation, LastCheckpoint
 from charlm.sweeps import finish_wandb, name_wandb_run, objective
 
 log = logging.getLogger("charlm.train")
 
+#: The numeric and boolean options of a training run, checked before anything is built
+#: (options of a config group that is not chosen, e.g. ``scheduler.warmup_steps`` with
+#: ``scheduler=none``, are skipped). Choices, devices, accelerators and precisions are checked by
+#: the classes that take them (their errors are reported by :func:`build`).
+OPTIONS = {
+    "seed": Opt(int),
+    "stop_after_steps": Opt(int, min=1, null="train to the end"),
+    "allow_changes": Opt(bool),
+    "data.batch_size": Opt(int, min=1),
+    "data.seq_len": Opt(int, min=1),
+    "data.eval_batch_size": Opt(int, min=1, null="data.batch_size"),
+    "model.hidden_size": Opt(int, min=1),
+    "model.num_layers": Opt(int, min=1),
+    "model.embedding_dim": Opt(int, min=1, null="model.hidden_size"),
+    "model.dropout": Opt(float, min=0, lt=1),
+    "model.tie_weights": Opt(bool),
+    "optimizer.lr": Opt(float, min=0),
+    "optimizer.weight_decay": Opt(float, min=0),
+    "optimizer.momentum": Opt(float, min=0),
+    "optimizer.eps": Opt(float, min=0),
+    "scheduler.warmup_steps": Opt(int, min=0),
+    "scheduler.min_lr_ratio": Opt(float, min=0, max=1),
+    "scheduler.decay_rate": Opt(float, gt=0, max=1),
+    "scheduler.decay_after": Opt(int, min=0),
+    "scheduler.patience": Opt(int, min=0),
+    "scheduler.factor": Opt(float, min=0, lt=1),
+    "trainer.max_steps": Opt(int, min=-1),
+    "trainer.max_epochs": Opt(int, min=-1, null="bounded by max_steps"),
+    "trainer.val_check_interval": Opt(int, min=1, fraction=True, null="once per epoch"),
+    "trainer.check_val_every_n_epoch": Opt(int, min=1, null="count val_check_interval across epochs"),
+    "trainer.limit_val_batches": Opt(int, min=0, fraction=True, null="all"),
+    "trainer.limit_train_batches": Opt(int, min=0, fraction=True, null="all"),
+    "trainer.num_sanity_val_steps": Opt(int, min=-1),
+    "trainer.log_every_n_steps": Opt(int, min=1),
+    "trainer.accumulate_grad_batches": Opt(int, min=1),
+    "trainer.num_nodes": Opt(int, min=1),
+    "trainer.gradient_clip_val": Opt(float, min=0, null="no clipping"),
+    "trainer.gradient_clip_algorithm": Opt(str, choices=("norm", "value")),
+    "trainer.enable_model_summary": Opt(bool),
+    "trainer.deterministic": Opt(bool),
+    "callbacks.last_checkpoint.every_n_train_steps": Opt(int, min=1),
+    "callbacks.model_checkpoint.save_top_k": Opt(int, min=-1),
+    "callbacks.samples.length": Opt(int, min=0),
+    "callbacks.samples.seed": Opt(int),
+    "callbacks.visualize.max_chars": Opt(int, min=1, null="the whole val split"),
+    "callbacks.visualize.offset": Opt(int, min=0),
+    "callbacks.progress_log.every_n_steps": Opt(int, min=1),
+    "callbacks.progress_log.on_terminal": Opt(bool),
+}
+
+
+def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node)``, with a bad option of ``what`` (``trainer``, ``data``, ...)
+    reported as a :class:`CharLMError` naming it, instead of Hydra's "Error in call to target"
+    wrapper around the class's own message."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, CharLMError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError, MisconfigurationException)):
+            raise CharLMError(f"{what}: {cause} (check the {what}.* options)") from None
+        raise
+
 
 def build(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[CharDataModule, CharLM, L.Trainer]:
     """Instantiate the DataModule, the LightningModule and the Trainer from a composed config
     (``overrides``: the Hydra overrides that compose it, stored in checkpoints for ``resume=``)."""
-    dm: CharDataModule = instantiate(cfg.data)
+    dm: CharDataModule = _instantiate(cfg.data, "data")
     dm.prepare()  # vocabulary first: the model's output size depends on it
     module = CharLM(
         vocab=dm.vocab.chars,
         model=OmegaConf.to_container(cfg.model, resolve=True),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        optimizer=_instantiate(cfg.optimizer, "optimizer"),
+        scheduler=_instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
         data=dm.config(),
         nonfinite=cfg.get("nonfinite", "stop"),
     )
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [_instantiate(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
+    for lg in loggers:
+        if isinstance(lg, L.pytorch.loggers.WandbLogger) and lg._wandb_init.get("anonymous") is None:
+            # Lightning always passes anonymous=None, which wandb >= 0.19 answers on every run with
+            # "The anonymous setting has no effect and will be removed"
+            lg._wandb_init.pop("anonymous")
+    callbacks = [_instantiate(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
     if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    if not OmegaConf.select(cfg, "trainer.enable_model_summary", default=True):
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ModelSummary)]
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)  # type: ignore[union-attr]
     callbacks += [
@@ -59,8 +135,8 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[CharData
     ]
     # last.ckpt after the best-k checkpoints: rewritten at a validation, it holds their ranking
     callbacks.sort(key=lambda c: isinstance(c, LastCheckpoint))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    trainer: L.Trainer = _instantiate(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     return dm, module, trainer
 
@@ -82,6 +158,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         resume.TrainingInterrupted: after a run stopped by SIGINT/SIGTERM (``last.ckpt`` written,
             summary printed), carrying the metrics and the exit code to use.
     """
+    check_options(cfg, OPTIONS)
     resume.check_multirun_ddp(cfg)
     overrides = resume.current_overrides(cfg)
     ckpt_path = cfg.get("ckpt_path")
@@ -178,9 +255,9 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
     if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
         console.print(f"W&B files:   {out / 'wandb'} (offline; upload with `wandb sync {out / 'wandb'}/offline-run-*`)",
                       markup=False, emoji=False)
-    console.print(f"sample it:   charlm-sample ckpt={out / 'checkpoints' / 'last.ckpt'}", markup=False, emoji=False)
+    console.print(f"sample it:   {command('charlm-sample', ckpt=out / 'checkpoints' / 'last.ckpt')}", markup=False, emoji=False)
     if interrupted:
-        console.print(f"resume it:   charlm-train resume={out}", markup=False, emoji=False)
+        console.print(f"resume it:   {command('charlm-train', resume=out)}", markup=False, emoji=False)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -207,22 +284,36 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 class _DropAdverts(logging.Filter):
-    """Drop Lightning's "💡 Tip: try installing ..." product adverts from the console."""
+    """Drop Lightning's "💡 Tip: try installing ..." product adverts from the console, and its
+    note that the model summary callback it would add is already there (charlm's, without
+    the FLOPs column)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(("💡 Tip", "Trainer already configured with model summary callbacks"))
+
+
+_ADVERTS = _DropAdverts()
 
 
 def quiet_third_party() -> None:
-    """Keep the console for charlm's own lines: no product tips, no deprecation notices from
-    inside Lightning that a user cannot act on."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+    """Keep the console for charlm's own lines: no product tips, no notices from inside
+    Lightning and torch that a user cannot act on. Idempotent; the benchmarks call it too.
+
+    Silenced: Lightning's litmodels/litlogger tips and its note on the model summary callback; its advice to log epoch-level metrics with
+    ``sync_dist=True`` (charlm's val/test metrics are torchmetrics metrics, already reduced
+    over all ranks before they are logged); torch's deprecation notice for the all-gather that
+    ``LightningModule.all_gather`` makes under DDP (resume state); a pytree notice from inside Lightning."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _ADVERTS not in rank_zero.filters:
+        rank_zero.addFilter(_ADVERTS)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/.*sync_dist=True")
+    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
 
 
 def main() -> None:
     utf8_stdout()
-    fix_argv()
+    fix_argv("train")
     quiet_third_party()
     hydra_main()
 

@@ -19,17 +19,25 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, decode_escapes, fix_argv, utf8_stdout
-from charlm.cli.sample import pick_device
+from charlm.cli.common import clean_errors, decode_escapes, fix_argv, pick_device, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.corpus import prepare_corpus, read_text
 from charlm.data.streams import split_bounds
 from charlm.errors import CharLMError
+from charlm.options import Opt, check_options
 from charlm.visualize.build import visualize_samples, visualize_text
 
 log = logging.getLogger("charlm.visualize")
 
 SPLITS = ("train", "val", "test")
+#: charlm-visualize's options with a type or range (``device``: :func:`~charlm.cli.common.pick_device`).
+OPTIONS = {
+    "split": Opt(str, choices=SPLITS),
+    "offset": Opt(int, min=0),
+    "max_chars": Opt(int, min=1, null="the whole split or text"),
+    "top_k": Opt(int, min=1),
+    "escapes": Opt(bool),
+}
 
 
 def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
@@ -75,7 +83,13 @@ def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
 
 
 def run(cfg: DictConfig) -> list[Path]:
-    """Write the pages ``cfg`` asks for; returns their paths (cells page first)."""
+    """Write the pages ``cfg`` asks for; returns their paths (cells page first).
+
+    Raises:
+        CharLMError: on a bad option (:data:`OPTIONS`, ``device``), checkpoint or text.
+    """
+    check_options(cfg, OPTIONS)
+    device = pick_device(cfg.device)
     if not cfg.get("ckpt") and not cfg.get("samples"):
         raise CharLMError(
             "nothing to visualize: charlm-visualize ckpt=<run dir>/checkpoints/last.ckpt [text=<file or string>] "
@@ -86,7 +100,7 @@ def run(cfg: DictConfig) -> list[Path]:
     if cfg.get("ckpt"):
         ckpt = load_checkpoint(cfg.ckpt, map_location="cpu")
         net, vocab = model_from_checkpoint(ckpt)
-        net.to(pick_device(str(cfg.device)))
+        net.to(device)
         text, source = resolve_text(cfg, ckpt)
         res = visualize_text(
             net, vocab, text, out, max_chars=cfg.get("max_chars"), top_k=int(cfg.top_k), subtitle=f"{cfg.ckpt} on {source}."
@@ -116,7 +130,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     utf8_stdout()
-    fix_argv()
+    fix_argv("visualize")
     hydra_main()
 
 

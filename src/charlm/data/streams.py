@@ -115,8 +115,12 @@ class BPTTLoader:
                 f"the {name} split has {n:,} characters, fewer than one batch needs: "
                 f"{g} stream(s) (batch_size={self.batch_size} x {self.world_size} device(s)) "
                 + (f"x (seq_len={self.seq_len} + 1) = {need:,}. " if not cover_all else f"+ 1 = {need:,}. ")
-                + "Lower data.batch_size or data.seq_len, use a larger corpus, "
-                f"or give the {name} split a larger fraction in data.splits."
+                + (
+                    "Lower data.batch_size or data.seq_len, use a larger corpus, "
+                    f"or give the {name} split a larger fraction in data.splits."
+                    if not cover_all  # an evaluated split needs one character per stream, whatever seq_len
+                    else f"Give the {name} split a larger fraction in data.splits, or use a larger corpus."
+                )
             )
         if cover_all:
             self.stream_len = math.ceil((n - 1) / g)

@@ -15,6 +15,7 @@ import torch
 
 from charlm.data.vocab import Vocab, describe_chars
 from charlm.errors import CharLMError
+from charlm.options import Opt, check_value
 from charlm.model.rnn import CharRNN
 from charlm.sampling.fast import FastStep
 
@@ -95,16 +96,14 @@ def sample(
         ``num_samples`` strings, each the prime followed by ``length`` new characters.
 
     Raises:
-        CharLMError: on a bad temperature, ``top_k``, ``length`` or ``num_samples``, or prime
+        CharLMError: on a bad temperature, a ``top_k``, ``length`` or ``num_samples`` that is not an
+            integer in range (``top_k=2.5``, ``length=-1``), or prime
             characters outside the vocabulary (listed).
     """
     temperature = check_temperature(temperature)
-    if length < 0:
-        raise CharLMError(f"length={length} must be >= 0 (it counts new characters)")
-    if num_samples < 1:
-        raise CharLMError(f"num_samples={num_samples} must be >= 1")
-    if top_k is not None and top_k < 1:
-        raise CharLMError(f"top_k={top_k} must be >= 1 (or null for no limit)")
+    check_value("length", length, Opt(int, min=0))  # new characters
+    check_value("num_samples", num_samples, Opt(int, min=1))
+    check_value("top_k", top_k, Opt(int, min=1, null="all characters"))
     if prime is None or prime == "":
         prime = default_prime(vocab)
     missing = vocab.unknown(prime)

@@ -1,15 +1,20 @@
-"""Callbacks: samples during training, ``last.ckpt`` that is also written when training ends, and the
-validation after the last step."""
+"""Callbacks: samples during training, ``last.ckpt`` that is also written when training ends, the
+validation after the last step, and what the console shows (progress lines without a terminal,
+the progress bar on one, the model summary)."""
 
 from __future__ import annotations
 
 import copy
+import datetime
 import logging
+import math
 import os
+import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelSummary as _ModelSummary
 from lightning.pytorch.loggers import WandbLogger
 
 from charlm.data.vocab import Vocab
@@ -254,3 +259,142 @@ def _has_plateau(trainer: L.Trainer) -> bool:
     from torch.optim.lr_scheduler import ReduceLROnPlateau
 
     return any(isinstance(c.scheduler, ReduceLROnPlateau) for c in trainer.lr_scheduler_configs)
+def is_terminal() -> bool:
+    """Whether the console (rich's, on stdout) is an interactive terminal: ``False`` when the
+    output goes to a file or pipe (``charlm-train > run.log``, SLURM, nohup, CI)."""
+    from rich import get_console
+
+    return bool(get_console().is_terminal)
+
+
+def _hms(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+class ProgressLog(L.Callback):
+    """Training progress as log lines, for output that is not a terminal, where a progress bar
+    draws nothing: one line every ``every_n_steps`` optimizer steps and one per validation (as
+    char-rnn and nanoGPT print), to the console (stderr) and the run's ``train.log``::
+
+        step 200/1800 (epoch 0) | train loss 2.0712 nats/char | 12,874 tokens/s | elapsed 0:00:41 | ETA 0:05:28
+        step 250/1800 (epoch 0) | val loss 1.9731 nats/char, bpc 2.8466 | elapsed 0:00:55 | ETA 0:05:43
+
+    * ``train loss``: cross-entropy of the step's batch (mean over all ranks' streams, nats per
+      character), the step numbered as the optimizer steps taken so far.
+    * ``tokens/s``: characters trained per second (all ranks) since the previous training line,
+      validation time excluded.
+    * ``ETA``: the time left to ``trainer.max_steps`` (or the epochs' steps) at this process's
+      pace so far, validations included; ``?`` when the run is bounded by time only.
+
+    Args:
+        every_n_steps: optimizer steps between two training lines (``>= 1``).
+        on_terminal: also log on a terminal, where the progress bar shows the same.
+    """
+
+    def __init__(self, every_n_steps: int = 100, on_terminal: bool = False):
+        self.every_n_steps = int(every_n_steps)
+        self.on_terminal = bool(on_terminal)
+        self._t0: float | None = None
+        self._step0 = 0
+        self._t_last = 0.0
+        self._tokens = 0
+        self._val_s = 0.0
+        self._v0: float | None = None
+        self._logged_step = -1
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return trainer.is_global_zero and (self.on_terminal or not is_terminal())
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = self._t_last = time.perf_counter()
+        self._step0 = trainer.global_step
+        self._tokens, self._val_s, self._logged_step = 0, 0.0, trainer.global_step
+
+    def _total_steps(self, trainer: L.Trainer) -> float:
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            return float(trainer.max_steps)
+        try:
+            return float(trainer.estimated_stepping_batches)
+        except Exception:  # pragma: no cover - no bound Lightning can estimate
+            return math.inf
+
+    def _head(self, trainer: L.Trainer) -> str:
+        total = self._total_steps(trainer)
+        of = f"/{int(total):,}" if math.isfinite(total) else ""
+        return f"step {trainer.global_step:,}{of} (epoch {trainer.current_epoch})"
+
+    def _tail(self, trainer: L.Trainer, now: float) -> str:
+        elapsed = now - (self._t0 or now)
+        done = trainer.global_step - self._step0
+        left = self._total_steps(trainer) - trainer.global_step
+        eta = _hms(elapsed / done * left) if done > 0 and math.isfinite(left) else "?"
+        return f"elapsed {_hms(elapsed)} | ETA {eta}"
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self._t0 is None:
+            return
+        self._tokens += int(batch[0].numel()) * trainer.world_size
+        step = trainer.global_step
+        if step == self._logged_step or step % self.every_n_steps:
+            return
+        self._logged_step = step
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:  # every rank joins the mean, whether or not it prints
+            loss = float(trainer.strategy.reduce(loss.detach() * trainer.accumulate_grad_batches, reduce_op="mean"))
+        now = time.perf_counter()
+        train_s = now - self._t_last - self._val_s
+        tps = self._tokens / train_s if train_s > 0 else math.nan
+        self._t_last, self._tokens, self._val_s = now, 0, 0.0
+        if not self._active(trainer):
+            return
+        shown = f"train loss {loss:.4f} nats/char | " if loss is not None else ""
+        log.info("%s | %s%s tokens/s | %s", self._head(trainer), shown, f"{tps:,.0f}", self._tail(trainer, now))
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._v0 = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.perf_counter()
+        if self._v0 is not None:
+            self._val_s += now - self._v0
+            self._v0 = None
+        if trainer.sanity_checking or self._t0 is None or not self._active(trainer):
+            return
+        m = trainer.callback_metrics
+        if "val/loss" not in m:
+            return
+        log.info("%s | val loss %.4f nats/char, bpc %.4f | %s", self._head(trainer), float(m["val/loss"]),
+                 float(m["val/bpc"]), self._tail(trainer, now))
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, drawn on a terminal only (elsewhere it would draw nothing
+    until the end; :class:`ProgressLog` prints lines there), and without the epoch bound
+    ``Epoch 2/-2`` that a run bounded by steps (``trainer.max_epochs=-1``) would show."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not is_terminal():
+            self.disable()
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        description = f"Epoch {current_epoch}"
+        return f"{description:{len(self.validation_description)}}"
+
+
+class ModelSummary(_ModelSummary):
+    """Lightning's model summary (layers, parameters, size) without its FLOPs column: FLOPs are
+    counted by running the module's ``example_input_array``, which charlm's module does not
+    define, so the column and the total would be zeros."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters: int, trainable_parameters: int, model_size: float,
+                  total_training_modes: dict[str, int], total_flops: int = 0, **summarize_kwargs) -> None:
+        from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+        data = [col for col in summary_data if col[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes, 0, *data)
+        table = "\n".join(line for line in table.splitlines() if not line.endswith("Total Flops"))
+        log.info("\n%s", table)

@@ -819,9 +819,11 @@ class StopControl(L.Callback):
             if reason is None or reason in ("SIGINT", "SIGTERM"):  # a signal here or on another rank
                 self.interrupted = reason or "SIGTERM"
             if trainer.is_global_zero:
+                from charlm.cli.common import command
+
                 log.warning(
-                    "stopped after step %d (%s); last.ckpt written. Continue with: charlm-train resume=%s",
-                    step, reason or "another rank was signalled", Path(trainer.default_root_dir),
+                    "stopped after step %d (%s); last.ckpt written. Continue with: %s",
+                    step, reason or "another rank was signalled", command("charlm-train", resume=trainer.default_root_dir),
                 )
 
 
