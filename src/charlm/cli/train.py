@@ -193,8 +193,8 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
     if stopped and last is not None:
         say(f"resume it:   charlm-train resume={out}")
     elif stopped:
-        say("resume it:   nothing to resume (no checkpoint was written: stopped before the first optimizer step); "
-            "run the same command again to start over")
+        why = "stopped before the first optimizer step" if step == 0 else "no last.ckpt was written"
+        say(f"resume it:   nothing to resume ({why}); run the same command again to start over")
 
 
 def checkpoints_on_disk(trainer: L.Trainer, out: Path) -> tuple[Path | None, Path, list[str]]:

@@ -546,11 +546,6 @@ class StopControl(L.Callback):
         self._previous: dict[int, Any] = {}
         self._first_batch = True
 
-    @property
-    def interrupted(self) -> str | None:
-        """``"SIGINT"``/``"SIGTERM"`` when a signal stopped training early, else ``None``."""
-        return self.reason if self.reason in ("SIGINT", "SIGTERM") else None
-
     # ------------------------------------------------------------------ signals
     @contextlib.contextmanager
     def catching_signals(self):
