@@ -130,3 +130,29 @@ def test_ddp_stopped_and_resumed_on_2_1_and_2_devices(runs, corpus, tmp_path):
     assert close(metrics(one, "train/loss"), metrics(ddp, "train/loss"))
     for k, v in params(ddp).items():
         assert torch.allclose(v, params(one)[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_ddp_sigterm_on_one_rank_stops_every_rank_after_the_same_step(runs, corpus, tmp_path):
+    """SIGTERM to rank 1 only (what a cluster may do): the ranks decide together, both finish
+    step 4, last.ckpt holds step 4 of both ranks' streams, and the run resumes to the run never
+    stopped."""
+    _, _, ddp = runs
+    cut = tmp_path / "cut"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),
+               CHARLM_CACHE_DIR=str(cut.parent.parent / "charlm-cache"))
+    cmd = [sys.executable, "-m", "charlm.cli.train", f"hydra.run.dir={cut}", *base(corpus, 2, 4),
+           "callbacks.last_checkpoint.every_n_train_steps=100000",
+           "+callbacks.interrupt._target_=interrupt_plugin.SignalAt", "+callbacks.interrupt.signal=SIGTERM",
+           "+callbacks.interrupt.hook=on_train_batch_end", "+callbacks.interrupt.step=3", "+callbacks.interrupt.rank=1"]
+    p = subprocess.run(cmd, cwd=cut.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 143, (p.returncode, p.stderr[-3000:])
+    assert "training interrupted at step 4 (SIGTERM)" in p.stdout
+    ck = torch.load(cut / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 4 and ck["charlm"]["train_state"][0].shape == (1, 8, 32)
+    # resume= replays the run's overrides, the plugin's too: disarm it (a step never reached)
+    p = subprocess.run([*cmd[:3], f"hydra.run.dir={tmp_path / 'x'}", f"resume={cut}", "+callbacks.interrupt.step=-1"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert metrics(cut, "train/loss") == metrics(ddp, "train/loss")
+    for k, v in params(ddp).items():
+        assert torch.equal(v, params(cut)[k]), k

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 import torch
 import lightning as L
 
-from charlm.checkpoint import TEST_PAUSE_ENV, AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
+from charlm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
 from charlm.cli.common import quote_overrides
 from charlm.cli.train import train
 from charlm.data.corpus import prepare_corpus
@@ -597,38 +596,24 @@ def test_wandb_gives_one_run_under_ddp_and_one_finished_run_per_multirun_job(tmp
 # ================================================================================== Faults and security
 @pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_last_ckpt_resumable(tmp_path, small_corpus):
-    """Deterministic: the test hook ``CHARLM_TEST_PAUSE_IN_CHECKPOINT_WRITE`` makes every
-    checkpoint write stop half-way through its temporary file; the process is SIGKILLed there."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    """Deterministic: the test plugin ``interrupt_plugin.KillDuringWrite`` SIGKILLs the process
+    half-way through the temporary file of the step-10 write (the step-5 one is on disk)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]))
     cmd = [sys.executable, "-m", "charlm.cli.train", *TINY, "data=file", f"data.path={small_corpus}",
            "trainer.val_check_interval=100"]
-    # a run with a good last.ckpt (step 5), then resumed and killed in the middle of writing the next one
-    run2 = tmp_path / "run2"
-    p = subprocess.run([*cmd, "trainer.max_steps=5", f"hydra.run.dir={run2}"], env=env, cwd=REPO, capture_output=True, timeout=300)
+    run = tmp_path / "run"
+    ckdir = run / "checkpoints"
+    p = subprocess.run([*cmd, "trainer.max_steps=15", f"hydra.run.dir={run}",
+                        "+callbacks.kill._target_=interrupt_plugin.KillDuringWrite", "+callbacks.kill.step=10"],
+                       env=env, cwd=REPO, capture_output=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr.decode()[-3000:])
+    (tmp,) = ckdir.glob(".last.ckpt.*.tmp")  # the write that was cut: half of the file is on disk
+    assert 0 < tmp.stat().st_size
+    assert load_checkpoint(ckdir / "last.ckpt")["global_step"] == 5  # the previous one, untouched and loadable
+    p = subprocess.run([*cmd, "trainer.max_steps=7", f"resume={run}"], env=env, cwd=REPO, capture_output=True, timeout=300)
     assert p.returncode == 0, p.stderr.decode()[-3000:]
-    before = (run2 / "checkpoints" / "last.ckpt").read_bytes()
-    env[TEST_PAUSE_ENV] = "30"
-    proc = subprocess.Popen([*cmd, "trainer.max_steps=15", f"resume={run2}"], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        t0 = time.time()
-        while not list((run2 / "checkpoints").glob(".last.ckpt.*.tmp")):
-            assert proc.poll() is None and time.time() - t0 < 120, "no checkpoint write started"
-            time.sleep(0.05)
-        time.sleep(0.5)  # the write has begun: half of the file is on disk
-        assert proc.poll() is None and next((run2 / "checkpoints").glob(".last.ckpt.*.tmp")).stat().st_size > 0
-        proc.kill()
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert (run2 / "checkpoints" / "last.ckpt").read_bytes() == before  # untouched by the killed write
-    assert load_checkpoint(run2 / "checkpoints" / "last.ckpt")["global_step"] == 5
-    del env[TEST_PAUSE_ENV]
-    p = subprocess.run([*cmd, "trainer.max_steps=7", f"resume={run2}"], env=env, cwd=REPO, capture_output=True, timeout=300)
-    assert p.returncode == 0, p.stderr.decode()[-3000:]
-    assert load_checkpoint(run2 / "checkpoints" / "last.ckpt")["global_step"] == 7
+    assert load_checkpoint(ckdir / "last.ckpt")["global_step"] == 7
 
 
 def test_truncated_or_foreign_checkpoint_is_a_clear_error_naming_the_file(tmp_path, shakes_run, small_corpus):

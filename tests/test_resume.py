@@ -1,4 +1,4 @@
-"""Exact resume, stop_after_steps, resume refusals, init_from, signals and SIGKILL (issue 3)."""
+"""Exact resume, stop_after_steps, resume refusals, init_from, and stopping on SIGINT/SIGTERM at any moment."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -76,23 +75,69 @@ def assert_same_params(a: Path, b: Path) -> None:
         assert torch.equal(pa[k], pb[k]), f"{k} differs"
 
 
-@pytest.mark.parametrize("stop", [9, 21, 26], ids=["mid-epoch", "epoch-end", "second-epoch"])
-def test_stopped_and_resumed_equals_uninterrupted(compose, tmp_path, tiny_corpus, stop):
-    total = 30  # an epoch is 21 batches: the runs cross an epoch boundary
-    full = tmp_path / "full"
-    train(compose("train", full, _overrides(tiny_corpus, total)))
+def val_rows(run_dir: Path) -> dict[int, float]:
+    """``{step: val/loss}`` from a run's CSV log."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return {int(r["step"]): float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")}
 
-    cut = tmp_path / "cut"
-    train(compose("train", cut, _overrides(tiny_corpus, total, f"stop_after_steps={stop}")))
-    ck = torch.load(cut / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ck["global_step"] == stop
-    # the resumed run writes into the original run dir, whatever output dir this invocation got
-    train(compose("train", tmp_path / "elsewhere", [f"resume={cut}"]))
+
+def best_files(run_dir: Path) -> list[str]:
+    """The best-k checkpoint files on disk (everything but last*.ckpt)."""
+    return sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith("last"))
+
+
+def assert_same_run(full: Path, cut: Path, total: int) -> None:
+    """A stopped-and-resumed run equals the run never stopped: weights, every train loss, the
+    validation rows, the best-k files and the sample blocks."""
+    from charlm.training.callbacks import read_samples
 
     assert_same_params(full, cut)
     lf, lc = train_losses(full), train_losses(cut)
     assert sorted(lc) == sorted(lf) and len(lf) == total
     assert lc == lf  # identical floats at every step
+    assert val_rows(cut) == val_rows(full)
+    assert best_files(cut) == best_files(full)
+    assert read_samples(cut / "samples.txt") == read_samples(full / "samples.txt")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, shared_data) -> tuple[Path, Path]:
+    """``(corpus, run dir)`` of the 40-step run never stopped that the stopped ones are compared to
+    (validations at steps 10, 20, 30, 40; save_top_k=3 keeps 3 of them)."""
+    from conftest import compose_cfg
+
+    base = tmp_path_factory.mktemp("full")
+    corpus = base / "tiny.txt"
+    corpus.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:6_000], encoding="utf-8")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(compose_cfg("train", base / "run", _overrides(corpus, FULL_STEPS)))
+    finally:
+        torch.set_num_threads(n)
+    assert len(val_rows(base / "run")) == 4 and len(best_files(base / "run")) == 3
+    return corpus, base / "run"
+
+
+FULL_STEPS = 40  # an epoch is 21 batches: the runs cross an epoch boundary
+
+
+@pytest.mark.parametrize("stop", [9, 20, 21, 25], ids=["mid-epoch", "validation-step", "epoch-end", "second-epoch"])
+def test_stopped_and_resumed_equals_uninterrupted(compose, tmp_path, full_run, stop):
+    """stop_after_steps then resume= gives the run never stopped: no validation, best-k file or
+    sample block at a stop step that is not a validation step; at a validation step (20) the
+    stopped run validates it and the resumed one does not again; save_top_k files stay 3."""
+    corpus, full = full_run
+    cut = tmp_path / "cut"
+    train(compose("train", cut, _overrides(corpus, FULL_STEPS, f"stop_after_steps={stop}")))
+    ck = torch.load(cut / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == stop
+    full_vals = val_rows(full)
+    assert val_rows(cut) == {k: v for k, v in full_vals.items() if k < stop}  # the stop added no validation
+    assert not (cut / "visualize").exists()  # nor the end-of-training page
+    # the resumed run writes into the original run dir, whatever output dir this invocation got
+    train(compose("train", tmp_path / "elsewhere", [f"resume={cut}"]))
+    assert_same_run(full, cut, FULL_STEPS)
     assert not (tmp_path / "elsewhere" / "checkpoints").exists()
 
 
@@ -147,62 +192,77 @@ def test_init_from_weights_only_and_vocab_check(compose, tmp_path, tiny_corpus, 
         train(compose("train", tmp_path / "bad", _overrides(names, 3, f"init_from={src}")))
 
 
-def _cli(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+TESTS = Path(__file__).resolve().parent
+
+
+def _cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``charlm-train`` in a subprocess (this tests folder importable, for :mod:`interrupt_plugin`)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(TESTS)]))
     cmd = [sys.executable, "-m", "charlm.cli.train", f"hydra.run.dir={run_dir}", *overrides]
-    return subprocess.Popen(cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    t0 = time.time()
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
-        assert time.time() - t0 < timeout, f"{path} never appeared"
-        time.sleep(0.05)
+def _signal_at(sig: str, hook: str, step: int = 0) -> list[str]:
+    """Overrides adding :class:`interrupt_plugin.SignalAt`: the run signals itself at that moment."""
+    return ["+callbacks.interrupt._target_=interrupt_plugin.SignalAt", f"+callbacks.interrupt.signal={sig}",
+            f"+callbacks.interrupt.hook={hook}", f"+callbacks.interrupt.step={step}"]
+
+
+#: (signal, hook, step the signal is sent at, step of the last.ckpt left (None: none), extra overrides)
+MOMENTS = {
+    # before the first optimizer step: nothing trained, nothing to resume
+    "SIGTERM-building-the-run": ("SIGTERM", "init", 0, None, []),
+    "SIGTERM-fit-set-up-with-wandb": ("SIGTERM", "setup", 0, None, ["logger=default"]),
+    "SIGTERM-sanity-check": ("SIGTERM", "on_sanity_check_start", 0, None, ["trainer.num_sanity_val_steps=2"]),
+    "SIGINT-before-first-step": ("SIGINT", "on_train_start", 0, None, []),
+    # mid-epoch before any validation, after every charlm callback's end-of-step work: the
+    # next step finishes and is saved
+    "SIGTERM-after-step-3": ("SIGTERM", "on_train_batch_end", 3, 4, []),
+    "SIGINT-after-step-3": ("SIGINT", "on_train_batch_end", 3, 4, []),
+    # during the step-10 validation: it finishes (best-k file, samples), then last.ckpt of step 10
+    "SIGTERM-during-validation": ("SIGTERM", "on_validation_batch_end", 10, 10, []),
+    # during the periodic write of step 7: the write completes, step 8 finishes and is saved
+    "SIGTERM-during-checkpoint-write": ("SIGTERM", "on_save_checkpoint", 7, 8,
+                                        ["callbacks.last_checkpoint.every_n_train_steps=7"]),
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_writes_resumable_checkpoint(tmp_path, tiny_corpus, sig):
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_signal_at_any_moment_leaves_last_ckpt_of_the_last_step(compose, tmp_path, full_run, moment):
+    """SIGTERM/SIGINT at a chosen moment of a real run: exit 128 + signal, last.ckpt of the last
+    completed step (none before the first step: the summary says there is nothing to resume), a
+    summary that names only files on disk, and resuming gives the run never stopped."""
+    sig, hook, at, expect, extra = MOMENTS[moment]
+    corpus, full = full_run
     run = tmp_path / "run"
-    proc = _cli(run, *_overrides(tiny_corpus, 100000, "callbacks.last_checkpoint.every_n_train_steps=100000"))
-    _wait_for(run / "csv" / "metrics.csv", proc)  # training is under way
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=120)
-    ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ck["global_step"] > 0, out[-2000:]
-    assert f"resume={run}" in out
-    # an interrupted run is not a finished one: 128 + signal number, as shells report, and says so
-    assert proc.returncode == 128 + sig, (proc.returncode, out[-2000:])
-    assert f"training interrupted at step {ck['global_step']:,} ({sig.name})" in out and "training finished" not in out
-    assert f"resume it:   charlm-train resume={run}" in out
-
-
-@pytest.mark.slow
-def test_sigkill_while_saving_keeps_previous_checkpoint(tmp_path, tiny_corpus):
-    run = tmp_path / "run"
-    ckdir = run / "checkpoints"
-    # a checkpoint every step: kill as soon as a temporary file of a write exists
-    proc = _cli(run, *_overrides(tiny_corpus, 100000, "callbacks.last_checkpoint.every_n_train_steps=1",
-                                 "model.hidden_size=256"))
-    t0 = time.time()
-    killed_during_write = False
-    while time.time() - t0 < 120 and proc.poll() is None:
-        if (ckdir / "last.ckpt").exists() and any(ckdir.glob(".last.ckpt.*.tmp")):
-            proc.kill()
-            killed_during_write = True
-            break
-        time.sleep(0.002)
-    if not killed_during_write:
-        proc.kill()
-    proc.wait(timeout=60)
-    step = torch.load(ckdir / "last.ckpt", weights_only=True)["global_step"]  # still loadable
-    assert step > 0
-    # resuming loses at most the steps since that checkpoint
-    p = _cli(tmp_path / "again", f"resume={run}", f"trainer.max_steps={step + 2}")
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, out[-3000:]
-    assert torch.load(ckdir / "last.ckpt", weights_only=True)["global_step"] == step + 2
+    r = _cli(run, *_overrides(corpus, FULL_STEPS, "callbacks.last_checkpoint.every_n_train_steps=100000", *extra),
+             *_signal_at(sig, hook, at))
+    out = r.stdout + r.stderr
+    signum = getattr(signal, sig)
+    assert r.returncode == 128 + signum, (r.returncode, out[-3000:])  # as shells report a signal
+    assert "training finished" not in out and "Traceback" not in out, out[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    # every path the summary names is on disk
+    for line in r.stdout.splitlines():
+        if line.startswith("sample it:"):
+            assert Path(line.split("ckpt=", 1)[1]).is_file(), line
+    if expect is None:
+        assert not last.exists() and not best_files(run)
+        assert "nothing to resume" in r.stdout and "sample it:" not in r.stdout, r.stdout[-2000:]
+        assert f"training interrupted at step 0 ({sig})" in r.stdout
+        return
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    assert ck["global_step"] == expect, out[-3000:]
+    assert f"training interrupted at step {expect:,} ({sig})" in r.stdout
+    assert f"last.ckpt (step {expect:,})" in r.stdout and f"resume it:   charlm-train resume={run}" in r.stdout
+    for name in best_files(run):
+        assert name in r.stdout
+    assert val_rows(run) == {k: v for k, v in val_rows(full).items() if k < expect}
+    if moment in ("SIGTERM-after-step-3", "SIGINT-after-step-3", "SIGTERM-during-validation"):
+        # resume= replays the run's overrides, the plugin's too: disarm it (a step never reached)
+        train(compose("train", tmp_path / "x", [f"resume={run}", "+callbacks.interrupt.step=-1"]))
+        assert_same_run(full, run, FULL_STEPS)
 
 
 def test_runs_from_before_the_regularisers_resume_without_a_change():
@@ -229,10 +289,10 @@ def test_a_new_run_into_a_dir_holding_a_run_is_refused_and_the_first_run_kept(co
     # on the command line: exit status 2 before Hydra writes anything into the dir
     cli = run.parent / "cli"
     p = _cli(cli, *_overrides(tiny_corpus, 4))
-    assert p.wait(timeout=300) == 0, p.stdout.read()[-3000:]
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     hydra_files = {q: q.read_bytes() for q in cli.rglob("*") if q.is_file() and q.suffix in (".yaml", ".log")}
     p = _cli(cli, *_overrides(tiny_corpus, 4, "seed=7"))
-    out, _ = p.communicate(timeout=300)
+    out = p.stdout + p.stderr
     assert p.returncode == 2, out[-3000:]
     assert "Traceback" not in out and f"error: {cli} already holds a training run" in out and f"resume={cli}" in out
     assert {q: q.read_bytes() for q in hydra_files} == hydra_files

@@ -220,7 +220,7 @@ def test_a_run_validates_its_final_weights_and_everything_describes_last_ckpt(tm
     assert [int(p.name[4:10]) for p in files] == val_steps  # save_top_k=3: every validation ranks
     assert metrics["best/val_loss"] == pytest.approx(best, abs=1e-6)
     assert objective(metrics) == pytest.approx(best / math.log(2), abs=1e-6)
-    assert "(last.ckpt, best by val/loss)" in printed
+    assert f"last.ckpt (step {last_step:,}); best by val/loss: " + ", ".join(p.name for p in files) in printed
 
     # last.ckpt holds the result of the validation at its step (not the one before)
     state = _best_k_state(raw)
@@ -247,7 +247,7 @@ def test_a_run_that_never_validates_says_so_at_start_and_in_the_summary(tmp_path
     printed = capsys.readouterr().out
     assert f"this run will never validate ({reason})" in caplog.text
     assert f"no validation ({reason}): no val loss" in printed and "final val loss" not in printed
-    assert "best val loss" not in printed and "(last.ckpt)\n" in printed and "best by val/loss" not in printed
+    assert "best val loss" not in printed and "checkpoints: " in printed and "last.ckpt (step " in printed and "best by val/loss" not in printed
     assert not any(k.startswith(("val/", "best/")) for k in metrics) and objective(metrics) is None
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"] and not _val_rows(out)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from charlm.errors import CharLMError
 from charlm.files import new_temp_file
-
-
-#: TEST HOOK, not a setting: when this environment variable holds a number of seconds,
-#: :func:`atomic_torch_save` writes half of the temporary file, then sleeps that long before
-#: writing the rest and renaming it. Tests use it to SIGKILL a real training process in the
-#: middle of a checkpoint write deterministically (tests/test_faults.py). Unset in normal use.
-TEST_PAUSE_ENV = "CHARLM_TEST_PAUSE_IN_CHECKPOINT_WRITE"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -43,15 +35,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     fd, tmp = new_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            data = buf.getbuffer()
-            pause = float(os.environ.get(TEST_PAUSE_ENV) or 0)
-            if pause > 0:  # test hook only (see TEST_PAUSE_ENV): stop half-way through the write
-                half = len(data) // 2
-                f.write(data[:half])
-                f.flush()
-                time.sleep(pause)
-                data = data[half:]
-            f.write(data)
+            f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

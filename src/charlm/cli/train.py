@@ -102,9 +102,11 @@ def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
         raise
 
 
-def build(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[CharDataModule, CharLM, L.Trainer]:
+def build(cfg: DictConfig, overrides: list[str] | None = None,
+          stop: resume.StopControl | None = None) -> tuple[CharDataModule, CharLM, L.Trainer]:
     """Instantiate the DataModule, the LightningModule and the Trainer from a composed config
-    (``overrides``: the Hydra overrides that compose it, stored in checkpoints for ``resume=``)."""
+    (``overrides``: the Hydra overrides that compose it, stored in checkpoints for ``resume=``;
+    ``stop``: the run's :class:`~charlm.training.resume.StopControl`, a new one if not given)."""
     dm: CharDataModule = _instantiate(cfg.data, "data")
     dm.prepare()  # vocabulary first: the model's output size depends on it
     module = CharLM(
@@ -131,7 +133,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[CharData
     callbacks += [
         resume.RunInfo(resolved, resume.run_overrides(overrides or [])),  # type: ignore[arg-type]
         FinalValidation(),
-        resume.StopControl(cfg.get("stop_after_steps")),
+        stop if stop is not None else resume.StopControl(cfg.get("stop_after_steps")),
     ]
     # last.ckpt after the best-k checkpoints: rewritten at a validation, it holds their ranking
     callbacks.sort(key=lambda c: isinstance(c, LastCheckpoint))
@@ -154,11 +156,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training from a composed config; returns the final metrics (``val/loss``,
     ``val/bpc``, ``val/ppl`` when a val split exists, ``best/val_bpc``).
 
+    SIGINT and SIGTERM are caught from the start (data preparation and logger set-up included):
+    see :class:`~charlm.training.resume.StopControl`.
+
     Raises:
-        resume.TrainingInterrupted: after a run stopped by SIGINT/SIGTERM (``last.ckpt`` written,
-            summary printed), carrying the metrics and the exit code to use.
+        resume.TrainingInterrupted: after a run stopped by SIGINT/SIGTERM (``last.ckpt`` of the
+            last completed step written, summary printed), carrying the metrics and the exit code.
     """
     check_options(cfg, OPTIONS)
+    stop = resume.StopControl(cfg.get("stop_after_steps"))
+    with stop.catching_signals():
+        return _train(cfg, stop)
+
+
+def _train(cfg: DictConfig, stop: resume.StopControl) -> dict[str, float]:
     resume.check_multirun_ddp(cfg)
     overrides = resume.current_overrides(cfg)
     ckpt_path = cfg.get("ckpt_path")
@@ -174,7 +185,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not cfg.get("resume"):
         resume.check_new_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    dm, module, trainer = build(cfg, overrides)
+    dm, module, trainer = build(cfg, overrides, stop)
     if cfg.get("init_from"):
         resume.load_initial_weights(module, cfg.init_from)
     if cfg.get("resume"):
@@ -189,23 +200,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     log_config(trainer, cfg, module)
     t0 = time.time()
-    sigterm = False
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    except SIGTERMException:  # Lightning's loops end a SIGTERMed fit with SystemExit(0), after StopControl's save
-        sigterm = True
+    stopped_early = True
+    if stop.signalled:  # before training started (data preparation, logger set-up): train nothing
+        stop.stop_before_training(resume.checkpoint_step(ckpt_path) if ckpt_path else 0)
+    else:
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+            stopped_early = False
+        except resume.StopTraining:
+            pass
+        except SIGTERMException:
+            # Lightning's own SIGTERM handling (only in force between Trainer.fit installing it
+            # and StopControl.on_train_start): the run stopped before its first step
+            stop.note_signal("SIGTERM")
+            stop.stop_before_training(trainer.global_step)
     wall = time.time() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = _best_val(trainer)
     if best is not None:
         metrics["best/val_loss"] = best
         metrics["best/val_bpc"] = best / math.log(2)
-    stop = next((cb for cb in trainer.callbacks if isinstance(cb, resume.StopControl)), None)
-    interrupted = (stop.interrupted if stop is not None else None) or ("SIGTERM" if sigterm else None)
+    stopped = stop.reason if stopped_early else None
     if trainer.is_global_zero:
-        summarize(cfg, trainer, module, metrics, wall, interrupted)
-    if interrupted:
-        raise resume.TrainingInterrupted(interrupted, trainer.global_step, metrics)
+        summarize(cfg, trainer, module, metrics, wall, stopped)
+    if stopped in ("SIGINT", "SIGTERM"):
+        raise resume.TrainingInterrupted(stopped, trainer.global_step, metrics)
     return metrics
 
 
@@ -217,9 +236,10 @@ def _best_val(trainer: L.Trainer) -> float | None:
 
 
 def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict[str, float], wall: float,
-              interrupted: str | None = None) -> None:
-    """Print the final metrics, a short sample and where everything went (``interrupted``: the
-    signal that stopped the run early, said in the heading)."""
+              stopped: str | None = None) -> None:
+    """Print the final metrics, a short sample and where everything went. ``stopped``: why the run
+    stopped before its end (``"SIGINT"``, ``"SIGTERM"``, ``"stop_after_steps=N"``), said in the
+    heading. The checkpoint lines list the files on disk now (never a file that is not there)."""
     from rich.console import Console
 
     from charlm.data.vocab import Vocab
@@ -227,37 +247,68 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
 
     console = Console(highlight=False, soft_wrap=True)
     out = Path(cfg.paths.output_dir)
-    if interrupted:
-        console.rule(f"[bold]charlm: training interrupted at step {trainer.global_step:,} ({interrupted})")
+    step = trainer.global_step
+    if stopped in ("SIGINT", "SIGTERM"):
+        console.rule(f"[bold]charlm: training interrupted at step {step:,} ({stopped})")
+    elif stopped:
+        console.rule(f"[bold]charlm: training stopped at step {step:,} ({stopped})")
     else:
         console.rule("[bold]charlm: training finished")
-    console.print(f"steps: {trainer.global_step:,} in {wall / 60:.1f} min")
+    console.print(f"steps: {step:,} in {wall / 60:.1f} min")
     final = next((cb for cb in trainer.callbacks if isinstance(cb, FinalValidation)), None)
     val_step = final.last_val_step if final is not None else None
     if final is not None and final.off:
         console.print(f"no validation ({final.off}): no val loss, no best-by-val/loss checkpoints", markup=False)
     elif "val/loss" in metrics and val_step is not None:
-        which = "final val loss" if val_step == trainer.global_step and not interrupted else "last val loss"
+        which = "final val loss" if val_step == trainer.global_step and not stopped else "last val loss"
         console.print(
             f"{which} (step {val_step:,}): [bold]{metrics['val/loss']:.4f}[/] nats/char, "
             f"bpc {metrics['val/bpc']:.4f}, perplexity {metrics['val/ppl']:.3f}"
         )
     if "best/val_loss" in metrics:
         console.print(f"best val loss: {metrics['best/val_loss']:.4f} nats/char ({metrics['best/val_bpc']:.4f} bpc)")
-    text = sample(module.net, Vocab(module.vocab), None, 300, temperature=0.8, seed=cfg.seed)[0]
-    console.rule("sample (temperature 0.8)")
-    console.print(text, markup=False, emoji=False)  # verbatim: `:x:` or `[b]` in text stay as typed
+    if step > 0:  # an untrained network's sample says nothing
+        text = sample(module.net, Vocab(module.vocab), None, 300, temperature=0.8, seed=cfg.seed)[0]
+        console.rule("sample (temperature 0.8)")
+        console.print(text, markup=False, emoji=False)  # verbatim: `:x:` or `[b]` in text stay as typed
     console.rule()
-    console.print(f"run dir:     {out}", markup=False, emoji=False)
-    best_k = any(getattr(cb, "best_k_models", None) for cb in trainer.checkpoint_callbacks)
-    kept = "last.ckpt, best by val/loss" if best_k else "last.ckpt"
-    console.print(f"checkpoints: {out / 'checkpoints'} ({kept})", markup=False, emoji=False)
-    if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
-        console.print(f"W&B files:   {out / 'wandb'} (offline; upload with `wandb sync {out / 'wandb'}/offline-run-*`)",
-                      markup=False, emoji=False)
-    console.print(f"sample it:   {command('charlm-sample', ckpt=out / 'checkpoints' / 'last.ckpt')}", markup=False, emoji=False)
-    if interrupted:
-        console.print(f"resume it:   {command('charlm-train', resume=out)}", markup=False, emoji=False)
+    say = lambda line: console.print(line, markup=False, emoji=False)  # noqa: E731 - paths verbatim
+    say(f"run dir:     {out}")
+    last, ckdir, lines = checkpoints_on_disk(trainer, out)
+    say(f"checkpoints: {ckdir}: " + "; ".join(lines) if lines else "checkpoints: none written")
+    wandb_dir = out / "wandb"
+    if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers) and wandb_dir.is_dir():
+        say(f"W&B files:   {wandb_dir} (offline; upload with `wandb sync {wandb_dir}/offline-run-*`)")
+    if last is not None:
+        say(f"sample it:   {command('charlm-sample', ckpt=last)}")
+    if stopped and last is not None:
+        say(f"resume it:   {command('charlm-train', resume=out)}")
+    elif stopped:
+        why = "stopped before the first optimizer step" if step == 0 else "no last.ckpt was written"
+        say(f"resume it:   nothing to resume ({why}); run the same command again to start over")
+
+
+def checkpoints_on_disk(trainer: L.Trainer, out: Path) -> tuple[Path | None, Path, list[str]]:
+    """What the run's checkpoint folder holds now: ``(last.ckpt or None, folder, lines)``, the
+    lines naming ``last.ckpt`` with its step and the best-k files by ``val/loss``."""
+    from charlm.training.callbacks import LastCheckpoint
+
+    lastcb = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)), None)
+    last = lastcb.last_path if lastcb is not None else out / "checkpoints" / "last.ckpt"
+    ckdir = last.parent
+    lines = []
+    if last.is_file():
+        lines.append(f"{last.name} (step {resume.checkpoint_step(last):,})")
+    else:
+        last = None
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, LastCheckpoint) or not getattr(cb, "monitor", None):
+            continue
+        best = sorted(Path(p) for p in getattr(cb, "best_k_models", {}) if Path(p).is_file())
+        if best:
+            names = [p.name if p.parent == ckdir else str(p) for p in best]
+            lines.append(f"best by {cb.monitor}: " + ", ".join(names))
+    return last, ckdir, lines
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")

@@ -7,7 +7,8 @@
   train loader's position; :class:`~charlm.model.module.CharLM` restores the hidden state of
   every stream and the RNG states (this module's ``gather_*``/``restore_*`` helpers).
 - ``init_from=<checkpoint>``: :func:`load_initial_weights`, weights only, vocabulary checked.
-- :class:`StopControl`: ``stop_after_steps``, SIGTERM/SIGINT -> ``last.ckpt`` then stop.
+- :class:`StopControl`: ``stop_after_steps``, SIGTERM/SIGINT -> ``last.ckpt`` then stop, the same
+  way at any moment.
 - :class:`RunInfo`: stores the resolved config, its overrides and the W&B run id in every
   checkpoint (``checkpoint["charlm_run"]``), so a checkpoint alone is enough to resume; a run
   dir that was moved or copied resumes exactly (:func:`relocate_checkpoint_states`).
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -30,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from charlm.checkpoint import load_checkpoint
 from charlm.errors import CharLMError
+from charlm.training.callbacks import LastCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -729,12 +732,13 @@ class RunInfo(L.Callback):
 
 
 class TrainingInterrupted(Exception):
-    """Raised by :func:`charlm.cli.train.train` after a run stopped on SIGINT/SIGTERM (its
-    ``last.ckpt`` written and the summary printed), so the run is not taken for a finished one.
+    """Raised by :func:`charlm.cli.train.train` after a run stopped on SIGINT/SIGTERM (``last.ckpt``
+    of the last completed step written, when there was one, and the summary printed), so the run is
+    not taken for a finished one.
 
     Attributes:
         signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
-        step: the optimizer step it stopped after.
+        step: the optimizer step it stopped after (0: before the first one).
         metrics: the metrics at that point (as :func:`~charlm.cli.train.train` returns them).
         exit_code: ``128 + signal number`` (130 for SIGINT, 143 for SIGTERM), as shells report.
     """
@@ -747,84 +751,170 @@ class TrainingInterrupted(Exception):
         super().__init__(f"training interrupted by {signal_name} at step {step}")
 
 
+class StopTraining(Exception):
+    """Raised by :class:`StopControl` from ``on_train_batch_start`` once a stop is decided (and
+    ``last.ckpt`` written): it leaves ``Trainer.fit`` before anything else happens, so a stopped
+    run holds no validation, best-k file, sample or end-of-training page that a run never stopped
+    would not have at that step. :func:`charlm.cli.train.train` catches it."""
+
+
+#: the signals that stop a run cleanly
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class StopControl(L.Callback):
-    """Stops training cleanly and writes ``last.ckpt`` at an optimizer-step boundary.
+    """Stops training cleanly at an optimizer-step boundary, ``last.ckpt`` written.
 
     - ``stop_after_steps=N``: after ``N`` optimizer steps (the LR schedule still spans the
       configured run, so the stopped run is a prefix of the full one).
-    - SIGINT (Ctrl-C) and SIGTERM (also what SLURM sends before a kill): the step in progress
-      finishes, ``last.ckpt`` is written, training stops. A second Ctrl-C aborts at once.
-    - The last step of the run (``trainer.max_steps``) writes ``last.ckpt`` at the same point,
-      so a run extended later continues exactly.
+    - SIGINT (Ctrl-C) and SIGTERM (also what SLURM sends before a kill), at any moment: the step
+      in progress finishes, ``last.ckpt`` of it is written, training stops. A second Ctrl-C
+      aborts at once. Before the first optimizer step nothing is trained or written (there is
+      nothing to resume); during a validation, the validation finishes first.
 
-    Checkpoints are written by ``last_checkpoint`` (:class:`~charlm.training.callbacks.LastCheckpoint`)
-    from ``on_train_batch_end``, like its periodic ones. Under DDP the ranks agree on stopping
-    (any rank signalled) before the collective save.
+    One path for every stop: the decision is taken after a step (``on_train_batch_end``) or after
+    a validation (``on_validation_end``, for a signal that came during it); ``last.ckpt`` is
+    written by ``last_checkpoint`` (:meth:`~charlm.training.callbacks.LastCheckpoint.write_last`,
+    after the step's validation when the step is a validation step, as in a run never stopped);
+    the next ``on_train_batch_start`` raises :class:`StopTraining`, so the stop step gets no
+    validation, best-k file or sample that a run never stopped would not have. Under DDP the ranks
+    decide together (any rank signalled) before the collective save.
+
+    Signals: :meth:`catching_signals` installs charlm's handler for SIGINT and SIGTERM for the
+    whole training (data preparation and logger set-up included). ``Trainer.fit`` adds
+    Lightning's SIGTERM handler, which makes the loops raise ``SIGTERMException`` at their next
+    boundary without a checkpoint (the window that lost runs: a SIGTERM after the end-of-step
+    check and before the loop's own check left no ``last.ckpt``); from ``on_train_start`` on,
+    charlm's handler answers SIGTERM alone again, and a SIGTERM Lightning caught before that
+    stops the run before its first step.
     """
 
     def __init__(self, stop_after_steps: int | None = None):
         self.stop_after_steps = int(stop_after_steps) if stop_after_steps else None
+        #: the first stop signal received ("SIGINT" or "SIGTERM"), None if none
         self.signalled: str | None = None
-        #: set when training stopped on a signal (here or on another rank): "SIGINT" or "SIGTERM"
-        self.interrupted: str | None = None
-        self._old_sigint = None
+        #: why training stopped early: "SIGINT", "SIGTERM" or "stop_after_steps=N"; None if it did not
+        self.reason: str | None = None
+        #: the optimizer step training stopped after (None if it did not stop early)
+        self.stopped_at: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._first_batch = True
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    # ------------------------------------------------------------------ signals
+    @contextlib.contextmanager
+    def catching_signals(self):
+        """Context manager: SIGINT and SIGTERM only record the stop request while it is open (the
+        previous handlers are restored on exit). Only in the main thread (elsewhere Python cannot
+        install handlers, and the signals keep their previous handling)."""
         import threading
 
-        if threading.current_thread() is threading.main_thread():
-            self._old_sigint = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._on_sigint)
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self._previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        for s in STOP_SIGNALS:
+            signal.signal(s, self._on_signal)
+        try:
+            yield self
+        finally:
+            for s, h in self._previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+            self._previous = {}
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.signalled == "SIGINT":  # second Ctrl-C: stop now
-            signal.signal(signal.SIGINT, self._old_sigint or signal.default_int_handler)
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if name == "SIGINT" and self.signalled == "SIGINT":  # second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
-        self.signalled = "SIGINT"
-        log.warning("Ctrl-C: finishing this step, writing last.ckpt, then stopping (Ctrl-C again to abort at once)")
-
-    def _restore(self) -> None:
-        if self._old_sigint is not None:
+        if self.signalled is None:
+            self.signalled = name
+            # os.write, not logging/print: a handler may run in the middle of a write to the
+            # same stream, and Python's buffered streams refuse re-entry
+            hint = " (Ctrl-C again to abort at once)" if name == "SIGINT" else ""
+            msg = f"\n{name}: stopping cleanly; the step in progress finishes and is written to last.ckpt{hint}\n"
             try:
-                signal.signal(signal.SIGINT, self._old_sigint)
-            except ValueError:  # pragma: no cover - not the main thread
+                os.write(2, msg.encode())
+            except OSError:  # pragma: no cover - stderr closed
                 pass
-            self._old_sigint = None
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._restore()
+    def note_signal(self, name: str) -> None:
+        """Record a stop signal that was caught elsewhere (Lightning's ``SIGTERMException``)."""
+        if self.signalled is None:
+            self.signalled = name
 
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self._restore()
+    def stop_before_training(self, step: int = 0) -> None:
+        """Training stopped (or never started) before its first optimizer step of this process:
+        nothing new was trained or written."""
+        if self.reason is None:
+            self.reason = self.signalled or "SIGTERM"
+            self.stopped_at = step
+
+    # ------------------------------------------------------------------ the stop path
+    def _pending(self, trainer: L.Trainer, signals_only: bool = False) -> str | None:
+        if self.signalled:
+            return self.signalled
+        if not signals_only and self.stop_after_steps is not None and trainer.global_step >= self.stop_after_steps:
+            return f"stop_after_steps={self.stop_after_steps}"
+        return None
+
+    @staticmethod
+    def _together(trainer: L.Trainer, local: bool) -> bool:
+        """Whether any rank wants to stop (a collective under DDP)."""
+        return bool(trainer.strategy.reduce_boolean_decision(local, all=False)) if trainer.world_size > 1 else local
+
+    def _stop(self, trainer: L.Trainer, reason: str | None, save: bool = True) -> None:
+        self.reason = reason or "SIGTERM"  # None: another rank was signalled
+        self.stopped_at = trainer.global_step
+        if not save:
+            return
+        last = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)), None)
+        if last is None:
+            if trainer.is_global_zero:
+                log.warning("stopping after step %d (%s) without a checkpoint: the last_checkpoint callback is "
+                            "disabled", trainer.global_step, self.reason)
+            return
+        last.write_last(trainer)  # during a validation: when it ends
+        if trainer.is_global_zero:
+            from charlm.cli.common import command
+
+            log.warning("stopping after step %d (%s), saved to %s. Continue with: %s",
+                        trainer.global_step, reason or "another rank was signalled", last.last_path,
+                        command("charlm-train", resume=trainer.default_root_dir))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first_batch = True
+        if self._previous:  # inside catching_signals: take SIGTERM back from Lightning
+            for s in STOP_SIGNALS:
+                signal.signal(s, self._on_signal)
+        if trainer.received_sigterm:  # caught by Lightning's handler after Trainer.fit installed it
+            self.note_signal("SIGTERM")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+        if self.stopped_at is not None:
+            raise StopTraining(self.reason)
+        if self._first_batch:  # a stop requested before this process trained a step: none is trained
+            self._first_batch = False
+            reason = self._pending(trainer)
+            if self._together(trainer, reason is not None):
+                self._stop(trainer, reason, save=False)
+                if trainer.is_global_zero:
+                    log.warning("stopping before the first optimizer step (%s): nothing trained", self.reason)
+                raise StopTraining(self.reason)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        reason = None
-        if self.signalled or trainer.received_sigterm:
-            reason = self.signalled or "SIGTERM"
-        elif self.stop_after_steps is not None and step >= self.stop_after_steps:
-            reason = f"stop_after_steps={self.stop_after_steps}"
-        final = trainer.max_steps is not None and trainer.max_steps > 0 and step >= trainer.max_steps
-        local = reason is not None
-        stop = trainer.strategy.reduce_boolean_decision(local, all=False) if trainer.world_size > 1 else local
-        if not stop and not final:
-            return
-        for cb in trainer.callbacks:
-            if type(cb).__name__ == "LastCheckpoint":
-                if cb._last_global_step_saved != step:
-                    cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
-                break
-        if stop:
-            trainer.should_stop = True
-            if reason is None or reason in ("SIGINT", "SIGTERM"):  # a signal here or on another rank
-                self.interrupted = reason or "SIGTERM"
-            if trainer.is_global_zero:
-                from charlm.cli.common import command
+        if self.stopped_at is None:
+            reason = self._pending(trainer)
+            if self._together(trainer, reason is not None):
+                self._stop(trainer, reason)
 
-                log.warning(
-                    "stopped after step %d (%s); last.ckpt written. Continue with: %s",
-                    step, reason or "another rank was signalled", command("charlm-train", resume=trainer.default_root_dir),
-                )
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a signal that came during this validation: the step is complete, stop now (a
+        # stop_after_steps is decided at the step's end, before its validation)
+        if trainer.sanity_checking or self.stopped_at is not None or trainer.state.fn != "fit":
+            return
+        reason = self._pending(trainer, signals_only=True)
+        if self._together(trainer, reason is not None):
+            self._stop(trainer, reason)
 
 
 def check_multirun_ddp(cfg: DictConfig) -> None:
@@ -861,7 +951,9 @@ def check_multirun_ddp(cfg: DictConfig) -> None:
 
 __all__ = [
     "RunInfo",
+    "STOP_SIGNALS",
     "StopControl",
+    "StopTraining",
     "TrainingInterrupted",
     "check_multirun_ddp",
     "check_new_run_dir",
