@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from charlm.data.corpus import prepare_corpus, resolve_corpus_path
 from charlm.data.datamodule import CharDataModule
@@ -197,3 +198,22 @@ def test_missing_named_corpus_says_where_to_put_it(tmp_path):
         resolve_corpus_path("tinyshakespeare", "input.txt", tmp_path, "http://127.0.0.1:9/nothing", None)
     assert str(tmp_path / "tinyshakespeare" / "input.txt") in str(e.value)
     assert "CHARLM_DATA_DIR" in str(e.value)
+
+
+def test_train_loader_state_counts_completed_epochs(compose, tmp_path, shakespeare_path):
+    # 6,000 characters as 8 streams x 32: 21 training batches per epoch; 47 steps = 2 epochs + 5
+    from charlm.cli.train import train
+    from conftest import FAST_TRAIN
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(shakespeare_path.read_text(encoding="utf-8")[:6_000], encoding="utf-8")
+    for steps, epoch, consumed in ((42, 2, 0), (47, 2, 5)):
+        run = tmp_path / f"run{steps}"
+        train(compose("train", run, FAST_TRAIN + [
+            f"data.path={corpus}", "data.splits=[0.9,0.1,0.0]", f"trainer.max_steps={steps}",
+            "trainer.val_check_interval=50", "callbacks.samples.length=0", "~callbacks.visualize",
+        ]))
+        ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        (state,) = ck["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+        assert (state["epoch"], state["consumed"]) == (epoch, consumed), state
+        assert ck["global_step"] == steps

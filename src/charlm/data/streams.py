@@ -174,7 +174,6 @@ class BPTTLoader:
         for i in range(start, self.num_batches):
             self._pending.append(i)
             yield self.batch(i)
-        self.epoch += 1
 
     def next_trained_index(self) -> int | None:
         """Index (in the epoch) of the oldest batch handed out and not yet marked trained: the
@@ -184,17 +183,23 @@ class BPTTLoader:
     def mark_trained(self) -> int:
         """Record that the oldest outstanding batch was trained on; returns its index.
 
-        The training loop calls this once per optimizer step (``CharLM.on_train_batch_end``),
+        The training loop calls this once per optimizer step (``CharLM.training_step``),
         so :meth:`state_dict` gives the position after the last *trained* batch however far
-        ahead the loader has been read.
+        ahead the loader has been read. Training the last batch of the split completes an
+        epoch: ``epoch`` goes up by one and ``consumed`` back to 0 (counted here, not when an
+        iterator is exhausted: Lightning stops after ``len(loader)`` batches without exhausting it).
         """
         i = self._pending.popleft() if self._pending else self.consumed
         self.consumed = i + 1
+        if self.consumed >= self.num_batches:
+            self.epoch += 1
+            self.consumed = 0
         return i
 
     def state_dict(self) -> dict:
         """Position in the split: ``{"epoch", "consumed", "num_streams", "stream_len", "seq_len"}``;
-        ``consumed`` counts the batches of the current epoch marked trained (:meth:`mark_trained`)."""
+        ``epoch`` counts the data epochs completed and ``consumed`` the batches of the current
+        epoch marked trained (:meth:`mark_trained`)."""
         return {
             "epoch": self.epoch,
             "consumed": self.consumed,
