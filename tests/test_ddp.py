@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -21,7 +22,9 @@ STEPS = 20
 
 def run_train(run_dir: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     cache = run_dir.parent.parent / "charlm-cache"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"), CHARLM_CACHE_DIR=str(cache))
+    # tests/ on the path too: test callbacks (fault injection) are passed as +callbacks.x._target_
+    path = os.pathsep.join(str(p) for p in (REPO / "src", REPO / "tests"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, CHARLM_CACHE_DIR=str(cache))
     cmd = [sys.executable, "-m", "charlm.cli.train", f"hydra.run.dir={run_dir}", *overrides]
     p = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -120,3 +123,31 @@ def test_ddp_stopped_and_resumed_on_2_1_and_2_devices(runs, corpus, tmp_path):
     assert close(metrics(one, "train/loss"), metrics(ddp, "train/loss"))
     for k, v in params(ddp).items():
         assert torch.allclose(v, params(one)[k], rtol=1e-4, atol=1e-6), k
+
+
+class NaNStateOnRank(L.Callback):
+    """Test fault injection: before optimizer step ``step`` (1-based), rank ``rank`` alone gets a
+    NaN hidden state, so only its loss of that step is non-finite."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank != self.rank or trainer.global_step != self.step - 1:
+            return
+        state = pl_module.train_state or pl_module.net.init_state(batch[0].shape[0])
+        pl_module.train_state = tuple(torch.full_like(s, float("nan")) for s in state)
+
+
+def test_nonfinite_skip_on_one_rank_is_decided_by_all_ranks(corpus, tmp_path):
+    # a NaN on rank 1 only, at step 5, which writes a checkpoint (every 5 steps): every rank skips
+    # the step and resets its state, so the checkpoint's gather of all ranks' states goes through
+    run = tmp_path / "nan"
+    p = run_train(run, *base(corpus, 2, 4, "nonfinite=skip", f"+callbacks.nan._target_={NaNStateOnRank.__module__}.NaNStateOnRank",
+                             "+callbacks.nan.rank=1", "+callbacks.nan.step=5"), timeout=180)
+    out = p.stdout + p.stderr + (run / "train.log").read_text(encoding="utf-8")
+    assert "step 4: non-finite training loss" in out, out[-3000:]
+    ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == STEPS
+    assert ck["charlm"]["train_state"][0].shape == (1, 8, 32) and torch.isfinite(ck["charlm"]["train_state"][0]).all()
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())

@@ -156,10 +156,22 @@ class CharLM(L.LightningModule):
             return
         step = self.trainer.global_step
         loss = self._last_loss
-        bad_loss = loss is not None and not torch.isfinite(loss)
+        local_bad = loss is not None and not bool(torch.isfinite(loss))
+        bad_loss = local_bad
+        if self.trainer.world_size > 1:
+            # All ranks decide together (the norm is of the all-reduced gradients, so every rank
+            # is here): if any rank's loss is non-finite, every rank resets its hidden state, as
+            # one process holding all the streams would; otherwise the ranks would disagree on
+            # having a state and the next checkpoint's gather would fail (gloo) or hang (NCCL).
+            bad_loss = bool(self.trainer.strategy.reduce_boolean_decision(local_bad, all=False))
         if not bad_loss and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return  # fp16 loss scaling: the GradScaler skips this step and lowers its scale
-        what, value = ("training loss", loss) if bad_loss else ("gradient norm", norm)
+        if local_bad:
+            what, value = "training loss", loss
+        elif bad_loss:
+            what, value = "training loss on another rank, gradient norm", norm
+        else:
+            what, value = "gradient norm", norm
         if self.nonfinite == "skip":
             log.warning("step %d: non-finite %s (%s); skipping this optimizer step", step, what, value.item())
             for p in params:
