@@ -5,7 +5,11 @@
 
 The text is read with the checkpoint's encoding and newline handling, and scored with the
 checkpoint's vocabulary (unknown characters are an error that lists them), with state carried
-across the whole text. Results are printed and written to ``metrics.json`` in the output dir.
+across the whole text: ``batch_size`` streams, each reading the ``burn_in`` characters before
+its segment unscored (for a split, the first stream reads the text before the split), so the
+result does not depend on ``batch_size`` (:func:`charlm.evaluation.evaluate.evaluate`).
+Results, with the number of streams and the burn-in, are printed and written to
+``metrics.json`` in the output dir.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
 from charlm.cli.sample import pick_device
 from charlm.config import config_dir
 from charlm.data.corpus import prepare_corpus
-from charlm.data.streams import split_bounds
+from charlm.data.streams import EVAL_BURN_IN, split_bounds
 from charlm.errors import CharLMError
 from charlm.evaluation.evaluate import evaluate, remap_ids
 
@@ -45,7 +49,7 @@ def run(cfg: DictConfig) -> dict:
     cache_dir = cfg.paths.get("cache_dir")
     if cfg.get("file"):
         corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir, options=OPTIONS)
-        ids, what = corpus.ids, str(corpus.source)
+        ids, context, what = corpus.ids, None, str(corpus.source)
     else:
         split = str(cfg.split)
         if split not in ("train", "val", "test"):
@@ -62,12 +66,19 @@ def run(cfg: DictConfig) -> dict:
         b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[("train", "val", "test").index(split)]
         if e - b < 2:
             raise CharLMError(f"the {split} split of {source} is empty (data.splits={data.get('splits')}); choose another split")
-        ids, what = corpus.ids[b:e], f"{source} [{split}]"
-    result = evaluate(net, ids, batch_size=int(cfg.batch_size), seq_len=int(cfg.seq_len), remap=remap_ids(corpus, vocab))
+        ids, context, what = corpus.ids[b:e], corpus.ids[:b], f"{source} [{split}]"
+    burn_in = int(cfg.get("burn_in", EVAL_BURN_IN))
+    if burn_in < 0:
+        raise CharLMError(f"burn_in={burn_in} must be >= 0 (characters each stream reads before its segment)")
+    result = evaluate(
+        net, ids, batch_size=int(cfg.batch_size), seq_len=int(cfg.seq_len), remap=remap_ids(corpus, vocab),
+        burn_in=burn_in, context=context,
+    )
     result["text"] = what
     print(
         f"{what}: loss {result['loss']:.4f} nats/char | bpc {result['bpc']:.4f} | "
-        f"perplexity {result['ppl']:.4f} | {result['chars']:,} characters"
+        f"perplexity {result['ppl']:.4f} | {result['chars']:,} characters | "
+        f"{result['streams']} stream{'s' if result['streams'] != 1 else ''}, burn-in {result['burn_in']} characters"
     )
     if cfg.paths.get("output_dir"):
         out = Path(cfg.paths.output_dir)

@@ -2,7 +2,8 @@
 
 Truncated BPTT as in char-rnn: the hidden state of every stream is carried from one training
 window to the next and detached between steps (``repackage_hidden``); it is reset at the start
-of every epoch. Validation and test carry their own state from zero over the whole split.
+of every epoch. Validation and test carry their own state over the whole split, each stream
+starting from its burn-in (:func:`charlm.evaluation.evaluate.burn_in_state`), as ``charlm-eval`` does.
 """
 
 from __future__ import annotations
@@ -213,7 +214,10 @@ class CharLM(L.LightningModule):
         return values
 
     def on_validation_epoch_start(self) -> None:
-        self.eval_state = None
+        from charlm.evaluation.evaluate import burn_in_state  # (charlm.evaluation imports charlm.model)
+
+        # every stream starts from its burn-in (the text before its segment), not from zeros
+        self.eval_state = burn_in_state(self.net, self.trainer.val_dataloaders)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_nll)
@@ -225,7 +229,9 @@ class CharLM(L.LightningModule):
         self._eval_end(self.val_nll, "val")
 
     def on_test_epoch_start(self) -> None:
-        self.eval_state = None
+        from charlm.evaluation.evaluate import burn_in_state
+
+        self.eval_state = burn_in_state(self.net, self.trainer.test_dataloaders)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_nll)
