@@ -224,7 +224,9 @@ def plain_eval(net, ids, batch_size: int, seq_len: int) -> float:
 
 def bench_eval(module, dm, batch_size: int, seq_len: int, rounds: int = 2, max_chars: int | None = None) -> dict:
     """Section 5: charlm's ``evaluate`` (what ``charlm-eval`` runs) over the whole val split
-    (or its first ``max_chars``) vs the plain loop, alternated (ABBA), chars/s."""
+    (or its first ``max_chars``) vs the plain loop, alternated (ABBA), chars/s. Both start every
+    stream from zeros (``burn_in=0``), so they do the same work; the burn-in adds
+    ``batch_size x burn_in`` characters read (benchmarks/burn_in.py measures its effect)."""
     from charlm.evaluation.evaluate import evaluate
 
     net = getattr(module.net, "_orig_mod", module.net).eval()
@@ -237,7 +239,7 @@ def bench_eval(module, dm, batch_size: int, seq_len: int, rounds: int = 2, max_c
         for who in (("charlm", "plain") if r % 2 == 0 else ("plain", "charlm")):
             t = time.perf_counter()
             if who == "charlm":
-                res = evaluate(net, ids, batch_size=batch_size, seq_len=seq_len)
+                res = evaluate(net, ids, batch_size=batch_size, seq_len=seq_len, burn_in=0)
                 ours.append(n / (time.perf_counter() - t))
             else:
                 loss = plain_eval(net, ids, batch_size, seq_len)
@@ -280,7 +282,8 @@ def bench_quality(budget_s: float, out: Path, extra: list[str] | None = None) ->
     t = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     wall = time.perf_counter() - t
-    res = evaluate(module.net, dm.split_ids("val"), batch_size=dm.batch_size, seq_len=dm.seq_len)
+    res = evaluate(module.net, dm.split_ids("val"), batch_size=dm.batch_size, seq_len=dm.seq_len,
+                   burn_in=dm.eval_burn_in, context=dm.preceding_ids("val"))
     return {
         "budget_s": budget_s,
         "fit_wall_s": wall,

@@ -58,7 +58,8 @@ def test_charlm_eval_prints_both_counts(compose, tmp_path, small_corpus):
     assert res["crlf"]["loss"] == pytest.approx(res["loss"] * res["chars"] / (res["chars"] + newlines))
     lines = buf.getvalue().splitlines()
     assert lines[0].endswith(f"loss {res['loss']:.4f} nats/char | bpc {res['bpc']:.4f} | "
-                             f"perplexity {res['ppl']:.4f} | {res['chars']:,} characters")
+                             f"perplexity {res['ppl']:.4f} | {res['chars']:,} characters | "
+                             f"{res['streams']} streams, burn-in {res['burn_in']} characters")
     assert lines[1].endswith(f"[val], each newline counted as \\r\\n: loss {res['crlf']['loss']:.4f} nats/char | "
                              f"bpc {res['crlf']['bpc']:.4f} | {res['crlf']['chars']:,} characters")
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["crlf"] == res["crlf"]

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from charlm.data.corpus import prepare_corpus, resolve_corpus_path
 from charlm.data.datamodule import CharDataModule
@@ -273,3 +274,62 @@ def test_a_val_split_too_small_for_its_streams_suggests_what_can_fix_it(shakespe
         dm.loader("val")
     msg = str(e.value)
     assert "lower data.eval_batch_size" in msg and "data.splits" in msg and "data.seq_len" not in msg
+
+
+def test_train_loader_state_counts_completed_epochs(compose, tmp_path, shakespeare_path):
+    # 6,000 characters as 8 streams x 32: 21 training batches per epoch; 47 steps = 2 epochs + 5
+    from charlm.cli.train import train
+    from conftest import FAST_TRAIN
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(shakespeare_path.read_text(encoding="utf-8")[:6_000], encoding="utf-8")
+    for steps, epoch, consumed in ((42, 2, 0), (47, 2, 5)):
+        run = tmp_path / f"run{steps}"
+        train(compose("train", run, FAST_TRAIN + [
+            f"data.path={corpus}", "data.splits=[0.9,0.1,0.0]", f"trainer.max_steps={steps}",
+            "trainer.val_check_interval=50", "callbacks.samples.length=0", "~callbacks.visualize",
+        ]))
+        ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        (state,) = ck["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+        assert (state["epoch"], state["consumed"]) == (epoch, consumed), state
+        assert ck["global_step"] == steps
+
+
+def test_eval_burn_in_reads_the_characters_before_each_stream():
+    ids = np.arange(1, 1001, dtype=np.int64) % 250  # no two neighbours alike within a window
+    context = np.arange(5000, 5100, dtype=np.int64) % 250 + 0  # 100 characters before the split
+    G, K = 8, 64
+    loader = BPTTLoader(ids, G, 16, cover_all=True, burn_in=K, context=context)
+    x, start = loader.burn_in_batch()
+    L = loader.stream_len
+    assert x.shape == (G, K) and start.tolist() == [0] * G  # every stream reads 64 characters
+    assert x[0].tolist() == context[-K:].tolist()  # the first stream: the text before the split
+    for g in range(1, G):
+        assert x[g].tolist() == ids[g * L - K : g * L].tolist()
+    # nothing before the split: the first stream reads nothing, the second only what precedes it
+    alone = BPTTLoader(ids, G, 16, cover_all=True, burn_in=200)
+    x, start = alone.burn_in_batch()
+    assert x.shape == (G, 200) and L == 125
+    assert start.tolist() == [200, 75] + [0] * (G - 2)  # streams 0 and 1 have 0 and 125 characters
+    assert x[1, 75:].tolist() == ids[:125].tolist() and x[2].tolist() == ids[50:250].tolist()
+    # ranks: rank 1 of 2 reads the burn-in of global streams 4..7
+    r1 = BPTTLoader(ids, G // 2, 16, rank=1, world_size=2, cover_all=True, burn_in=K, context=context)
+    assert torch.equal(r1.burn_in_batch()[0], loader.burn_in_batch()[0][G // 2 :])
+    # none configured, or one stream with nothing before it: no burn-in
+    assert BPTTLoader(ids, G, 16, cover_all=True).burn_in_batch() is None
+    assert BPTTLoader(ids, 1, 16, cover_all=True, burn_in=K).burn_in_batch() is None
+    with pytest.raises(CharLMError, match="evaluation streams only"):
+        BPTTLoader(ids, G, 16, burn_in=K)
+
+
+def test_datamodule_eval_streams_read_the_text_before_their_split(tmp_path, small_corpus):
+    dm = CharDataModule(path=str(small_corpus), batch_size=4, seq_len=32, splits=(0.8, 0.1, 0.1),
+                        eval_batch_size=3, eval_burn_in=50, cache_dir=str(tmp_path))
+    ids = dm.prepare().ids
+    (_, _), (vb, ve), (tb, _) = dm.bounds
+    val, test = dm.loader("val"), dm.loader("test")
+    assert val.burn_in == 50 and dm.loader("train").burn_in == 0
+    assert val.burn_in_batch()[0][0].tolist() == ids[vb - 50 : vb].tolist()  # the end of train
+    assert test.burn_in_batch()[0][0].tolist() == ids[tb - 50 : tb].tolist()  # the end of val
+    with pytest.raises(CharLMError, match="data.eval_burn_in"):
+        CharDataModule(path=str(small_corpus), eval_burn_in=-1)

@@ -4,12 +4,14 @@ resume on another number of devices (issue 3). Real ``charlm-train`` processes: 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -21,7 +23,9 @@ STEPS = 20
 
 def run_train(run_dir: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     cache = run_dir.parent.parent / "charlm-cache"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"), CHARLM_CACHE_DIR=str(cache))
+    # tests/ on the path too: test callbacks (fault injection) are passed as +callbacks.x._target_
+    path = os.pathsep.join(str(p) for p in (REPO / "src", REPO / "tests"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, CHARLM_CACHE_DIR=str(cache))
     cmd = [sys.executable, "-m", "charlm.cli.train", f"hydra.run.dir={run_dir}", *overrides]
     p = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -156,3 +160,73 @@ def test_ddp_sigterm_on_one_rank_stops_every_rank_after_the_same_step(runs, corp
     assert metrics(cut, "train/loss") == metrics(ddp, "train/loss")
     for k, v in params(ddp).items():
         assert torch.equal(v, params(cut)[k]), k
+
+
+class NaNStateOnRank(L.Callback):
+    """Test fault injection: before optimizer step ``step`` (1-based), rank ``rank`` alone gets a
+    NaN hidden state, so only its loss of that step is non-finite."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank != self.rank or trainer.global_step != self.step - 1:
+            return
+        state = pl_module.train_state or pl_module.net.init_state(batch[0].shape[0])
+        pl_module.train_state = tuple(torch.full_like(s, float("nan")) for s in state)
+
+
+def test_nonfinite_skip_on_one_rank_is_decided_by_all_ranks(corpus, tmp_path):
+    # a NaN on rank 1 only, at step 5, which writes a checkpoint (every 5 steps): every rank skips
+    # the step and resets its state, so the checkpoint's gather of all ranks' states goes through
+    run = tmp_path / "nan"
+    p = run_train(run, *base(corpus, 2, 4, "nonfinite=skip", f"+callbacks.nan._target_={NaNStateOnRank.__module__}.NaNStateOnRank",
+                             "+callbacks.nan.rank=1", "+callbacks.nan.step=5"), timeout=180)
+    out = p.stdout + p.stderr + (run / "train.log").read_text(encoding="utf-8")
+    assert "step 4: non-finite training loss" in out, out[-3000:]
+    ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == STEPS
+    assert ck["charlm"]["train_state"][0].shape == (1, 8, 32) and torch.isfinite(ck["charlm"]["train_state"][0]).all()
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+VALIDATE = """
+import json, sys
+import lightning as L
+from lightning.pytorch.strategies import DDPStrategy
+from charlm.data.datamodule import CharDataModule
+from charlm.model.module import CharLM
+
+ckpt, corpus, devices, streams = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+module = CharLM.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+dm = CharDataModule(path=corpus, splits=(0.8, 0.2, 0.0), batch_size=16, seq_len=64, eval_batch_size=streams)
+trainer = L.Trainer(
+    accelerator="cpu", devices=devices, logger=False, enable_progress_bar=False, enable_model_summary=False,
+    use_distributed_sampler=False, strategy=DDPStrategy(process_group_backend="gloo") if devices > 1 else "auto",
+)
+(res,) = trainer.validate(module, datamodule=dm, verbose=False)
+if trainer.is_global_zero:
+    print("VAL", json.dumps(res))
+"""
+
+
+def test_val_loss_is_the_same_for_1_and_2_devices_and_any_number_of_streams(shared_data, tmp_path):
+    # a model trained for 200 steps, validated by Lightning (the datamodule's val loader and
+    # CharLM's validation) on 1 device x 1 stream and on 2 gloo devices x 32 and x 256 streams
+    corpus = tmp_path / "c.txt"
+    corpus.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:120_000], encoding="utf-8")
+    run = tmp_path / "run"
+    run_train(run, *base(corpus, 1, 16, "data.splits=[0.8,0.2,0.0]", "data.seq_len=64", "model.hidden_size=64",
+                         "optimizer.lr=1e-2", "trainer.max_steps=200", "trainer.val_check_interval=200"))
+    script = tmp_path / "validate.py"
+    script.write_text(VALIDATE, encoding="utf-8")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"), CHARLM_CACHE_DIR=str(tmp_path / "cache"))
+    losses = {}
+    for devices, streams in ((1, 1), (2, 32), (2, 256)):
+        p = subprocess.run([sys.executable, str(script), str(run / "checkpoints" / "last.ckpt"), str(corpus),
+                            str(devices), str(streams)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        line = next(x for x in p.stdout.splitlines() if x.startswith("VAL "))
+        losses[devices * streams] = json.loads(line[4:])["val/loss"]
+    assert losses[1] < 2.5, losses  # a trained model: its state carries information
+    assert max(losses.values()) - min(losses.values()) < 1e-3, losses

@@ -380,3 +380,40 @@ def test_resume_from_an_earlier_checkpoint_keeps_each_sample_block_once(compose,
     (best20,) = (run / "checkpoints").glob("step000020-*.ckpt")  # written after the validation of step 20
     rows = torch.load(best20, weights_only=True)["callbacks"]["SampleText"]["rows"]
     assert [(r[0], r[1]) for r in rows] == [(10, 1.0), (10, 0.6), (20, 1.0), (20, 0.6)]
+
+
+def _as_multirun(cfg):
+    """Mark a composed config as a job of a Hydra multirun (what ``charlm-train -m`` gives)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_multirun_guard_counts_devices_as_lightning_does(compose, tmp_path, monkeypatch):
+    from charlm.training import resume
+
+    for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "LOCAL_RANK", "GROUP_RANK"):
+        monkeypatch.delenv(var, raising=False)  # no external launcher
+    # one CPU device: "auto" resolves to CPUAccelerator.auto_device_count() = 1, so the sweep runs
+    for devices in ("auto", "1", 1):
+        cfg = _as_multirun(compose("train", tmp_path, ["trainer=cpu", f"trainer.devices={devices}"]))
+        resume.check_multirun_ddp(cfg)  # main refused "auto" (it counted any string as 2)
+        assert resume.resolve_num_devices(cfg) == 1
+    # two CPU processes (as a string too): refused, naming the count
+    for devices in ("2", "'2'"):
+        cfg = _as_multirun(compose("train", tmp_path, ["trainer=ddp_cpu", f"trainer.devices={devices}"]))
+        with pytest.raises(CharLMError, match="jobs use 2 devices each"):
+            resume.check_multirun_ddp(cfg)
+    # -1 is not let through: Lightning refuses it on the CPU (on GPUs it means all of them)
+    cfg = _as_multirun(compose("train", tmp_path, ["trainer=cpu", "trainer.devices=-1"]))
+    with pytest.raises(CharLMError, match=r"trainer.devices=-1 with trainer.accelerator='cpu'.*int > 0"):
+        resume.check_multirun_ddp(cfg)  # main let it through (n = -1)
+    if not torch.cuda.is_available():
+        cfg = _as_multirun(compose("train", tmp_path, ["trainer=ddp"]))  # accelerator gpu, devices -1
+        with pytest.raises(CharLMError, match="trainer.devices=-1 with trainer.accelerator='gpu'"):
+            resume.check_multirun_ddp(cfg)

@@ -83,3 +83,23 @@ def test_counts_are_integers_in_range(net, kwargs, message):
     with pytest.raises(CharLMError) as e:
         sample(net, VOCAB, prime="a", **args)
     assert str(e.value) == message or str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_top_k_keeps_exactly_k_on_a_tie(k):
+    # three characters tied for the highest logit: top_k=1 keeps one of them, top_k=2 two
+    logits = torch.tensor([[2.0, 7.0, 7.0, 7.0, 1.0]]).expand(3000, -1)
+    g = torch.Generator().manual_seed(0)
+    picks = set(next_ids(logits, 1.0, k, g).flatten().tolist())
+    assert len(picks) == k and picks <= {1, 2, 3}, picks
+
+
+def test_top_k_one_with_a_tie_samples_one_character(net):
+    # through sample() (the fast step's logits): a model whose output ties three characters
+    with torch.no_grad():
+        net.decoder.weight.zero_()
+        net.decoder.bias.fill_(-5.0)
+        net.decoder.bias[[1, 4, 7]] = 3.0
+    texts = sample(net, VOCAB, prime="ab", length=60, top_k=1, temperature=1.0, num_samples=8, seed=3)
+    chars = {c for t in texts for c in t[2:]}
+    assert len(chars) == 1 and chars <= {VOCAB.chars[i] for i in (1, 4, 7)}, chars

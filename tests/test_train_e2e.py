@@ -84,10 +84,27 @@ def test_eval_matches_training_validation(trained):
 
     c = prepare_corpus(os.environ["CHARLM_DATA_DIR"] + "/tinyshakespeare/input.txt")
     b, e = split_bounds(c.num_chars, (0.9, 0.1, 0.0))[1]
-    # the same stream layout as training's validation (batch 16) gives the same number
-    r = evaluate(net, c.ids[b:e], batch_size=16, seq_len=64)
+    # the same stream layout as training's validation (batch 16, the default burn-in, the train
+    # split read before val) gives the same number
+    r = evaluate(net, c.ids[b:e], batch_size=16, seq_len=64, context=c.ids[:b])
     assert r["chars"] == e - b - 1
     assert r["loss"] == pytest.approx(metrics["val/loss"], abs=1e-4)
+
+
+def test_val_loss_does_not_depend_on_the_number_of_streams(trained):
+    # the whole val split (111,538 targets) of a trained model, scored as 1, 8, 64 and 512 streams:
+    # with the default burn-in every count gives the single pass's loss to 1e-3 nats
+    # (without it, 512 streams each starting from zeros cost several 1e-3 nats more)
+    out, _ = trained
+    net, _ = model_from_checkpoint(load_checkpoint(out / "checkpoints" / "last.ckpt"))
+    from charlm.data.corpus import prepare_corpus
+    from charlm.data.streams import split_bounds
+
+    c = prepare_corpus(os.environ["CHARLM_DATA_DIR"] + "/tinyshakespeare/input.txt")
+    b, e = split_bounds(c.num_chars, (0.9, 0.1, 0.0))[1]
+    val, before = c.ids[b:e], c.ids[:b]
+    losses = {g: evaluate(net, val, batch_size=g, seq_len=256, context=before)["loss"] for g in (1, 8, 64, 512)}
+    assert max(losses.values()) - min(losses.values()) < 1e-3, losses
 
 
 def test_sample_cli(trained):
@@ -111,10 +128,13 @@ def test_eval_cli(trained, tmp_path):
     r = run_cli("eval", f"ckpt={ckpt}", "split=val", f"hydra.run.dir={tmp_path}/e")
     assert r.returncode == 0, r.stderr.decode()
     assert "bpc" in r.stdout.decode() and (tmp_path / "e" / "metrics.json").is_file()
+    # the output line names how the text was scored: streams and burn-in
+    assert "| 111,538 characters | 32 streams, burn-in 128 characters" in r.stdout.decode()
     f = tmp_path / "t.txt"
     f.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n", encoding="utf-8")
-    r = run_cli("eval", f"ckpt={ckpt}", f"file={f}", f"hydra.run.dir={tmp_path}/e2")
+    r = run_cli("eval", f"ckpt={ckpt}", f"file={f}", "batch_size=1", "burn_in=0", f"hydra.run.dir={tmp_path}/e2")
     assert r.returncode == 0 and "nats/char" in r.stdout.decode()
+    assert "| 60 characters | 1 stream, burn-in 0 characters" in r.stdout.decode(), r.stdout.decode()
     bad = tmp_path / "bad.txt"
     bad.write_text("Ça va? ½", encoding="utf-8")
     r = run_cli("eval", f"ckpt={ckpt}", f"file={bad}", f"hydra.run.dir={tmp_path}/e3")
@@ -212,7 +232,7 @@ def test_a_run_validates_its_final_weights_and_everything_describes_last_ckpt(tm
     net, _ = model_from_checkpoint(load_checkpoint(out / "checkpoints" / "last.ckpt"))
     c = prepare_corpus(small_corpus)
     b, e = split_bounds(c.num_chars, (0.9, 0.05, 0.05))[1]
-    assert evaluate(net, c.ids[b:e], batch_size=8, seq_len=32)["loss"] == pytest.approx(final, abs=1e-4)
+    assert evaluate(net, c.ids[b:e], batch_size=8, seq_len=32, context=c.ids[:b])["loss"] == pytest.approx(final, abs=1e-4)
 
     # best-k files and the sweep objective include the final validation
     best = min(v for _, v in rows)

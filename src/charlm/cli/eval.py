@@ -5,7 +5,11 @@
 
 The text is read with the checkpoint's encoding and newline handling, and scored with the
 checkpoint's vocabulary (unknown characters are an error that lists them), with state carried
-across the whole text. Results are printed and written to ``metrics.json`` in the output dir.
+across the whole text: ``batch_size`` streams, each reading the ``burn_in`` characters before
+its segment unscored (for a split, the first stream reads the text before the split), so the
+result does not depend on ``batch_size`` (:func:`charlm.evaluation.evaluate.evaluate`).
+Results, with the number of streams and the burn-in, are printed and written to
+``metrics.json`` in the output dir.
 ``crlf=true`` also gives the loss with every newline counted as two characters (``\r\n``), the
 count of Karpathy et al.'s War and Peace (:mod:`charlm.evaluation.crlf`).
 """
@@ -23,7 +27,7 @@ from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.common import clean_errors, fix_argv, pick_device, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.corpus import prepare_corpus
-from charlm.data.streams import split_bounds
+from charlm.data.streams import EVAL_BURN_IN, split_bounds
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
 from charlm.options import Opt, check_options
@@ -38,6 +42,7 @@ OPTIONS = {
     "split": Opt(str, choices=("train", "val", "test")),
     "batch_size": Opt(int, min=1),
     "seq_len": Opt(int, min=1),
+    "burn_in": Opt(int, min=0),
 }
 
 
@@ -60,7 +65,7 @@ def run(cfg: DictConfig) -> dict:
     cache_dir = cfg.paths.get("cache_dir")
     if cfg.get("file"):
         corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir, options=CORPUS_OPTIONS)
-        ids, what = corpus.ids, str(corpus.source)
+        ids, context, what = corpus.ids, None, str(corpus.source)
     else:
         split = str(cfg.split)
         source = data.get("source")
@@ -75,15 +80,21 @@ def run(cfg: DictConfig) -> dict:
         b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[("train", "val", "test").index(split)]
         if e - b < 2:
             raise CharLMError(f"the {split} split of {source} is empty (data.splits={data.get('splits')}); choose another split")
-        ids, what = corpus.ids[b:e], f"{source} [{split}]"
-    result = evaluate(net, ids, batch_size=cfg.batch_size, seq_len=cfg.seq_len, remap=remap_ids(corpus, vocab))
+        ids, context, what = corpus.ids[b:e], corpus.ids[:b], f"{source} [{split}]"
+    burn_in = int(cfg.get("burn_in", EVAL_BURN_IN))
+    result = evaluate(
+        net, ids, batch_size=int(cfg.batch_size), seq_len=int(cfg.seq_len), remap=remap_ids(corpus, vocab),
+        burn_in=burn_in, context=context,
+    )
     result["text"] = what
     print(
         f"{what}: loss {result['loss']:.4f} nats/char | bpc {result['bpc']:.4f} | "
-        f"perplexity {result['ppl']:.4f} | {result['chars']:,} characters"
+        f"perplexity {result['ppl']:.4f} | {result['chars']:,} characters | "
+        f"{result['streams']} stream{'s' if result['streams'] != 1 else ''}, burn-in {result['burn_in']} characters"
     )
-    if cfg.get("crlf"):  # the scored characters are ids[1:] (the first one is context only)
-        result["crlf"] = crlf_loss(result["loss"], result["chars"], count_newlines(ids[1:], corpus.vocab))
+    if cfg.get("crlf"):  # the scored characters are the last result["chars"] of ids
+        scored = ids[len(ids) - result["chars"]:]
+        result["crlf"] = crlf_loss(result["loss"], result["chars"], count_newlines(scored, corpus.vocab))
         print(
             f"{what}, each newline counted as \\r\\n: loss {result['crlf']['loss']:.4f} nats/char | "
             f"bpc {result['crlf']['bpc']:.4f} | {result['crlf']['chars']:,} characters"

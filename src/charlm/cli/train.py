@@ -44,6 +44,7 @@ OPTIONS = {
     "data.batch_size": Opt(int, min=1),
     "data.seq_len": Opt(int, min=1),
     "data.eval_batch_size": Opt(int, min=1, null="data.batch_size"),
+    "data.eval_burn_in": Opt(int, min=0),
     "model.hidden_size": Opt(int, min=1),
     "model.num_layers": Opt(int, min=1),
     "model.embedding_dim": Opt(int, min=1, null="model.hidden_size"),

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 
 from charlm.data.corpus import PreparedCorpus, prepare_corpus, resolve_corpus_path
-from charlm.data.streams import BPTTLoader, split_bounds
+from charlm.data.streams import EVAL_BURN_IN, BPTTLoader, split_bounds
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
 
@@ -38,6 +38,10 @@ class CharDataModule(L.LightningDataModule):
         batch_size: streams per device ``B``; the global batch is ``devices * B`` streams.
         seq_len: BPTT window length ``T``.
         eval_batch_size: streams per device for validation and test (default ``batch_size``).
+        eval_burn_in: characters each validation/test stream reads, unscored, before its
+            segment (the first stream reads the text before the split), so the loss does not
+            depend on the number of streams (default :data:`~charlm.data.streams.EVAL_BURN_IN`,
+            measured in BENCHMARKS.md; 0: every stream from a zero state).
 
     Batches are ``(x, y)``, both int64 ``[B, T]``; ``y`` is ``x`` shifted by one character.
 
@@ -61,6 +65,7 @@ class CharDataModule(L.LightningDataModule):
         batch_size: int = 64,
         seq_len: int = 128,
         eval_batch_size: int | None = None,
+        eval_burn_in: int = EVAL_BURN_IN,
     ):
         super().__init__()
         if not path and not name:
@@ -78,6 +83,9 @@ class CharDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.seq_len = int(seq_len)
         self.eval_batch_size = int(eval_batch_size or batch_size)
+        if int(eval_burn_in) < 0:
+            raise CharLMError(f"data.eval_burn_in={eval_burn_in} must be >= 0 (characters read before each evaluation stream)")
+        self.eval_burn_in = int(eval_burn_in)
         self.corpus: PreparedCorpus | None = None
         self.bounds: list[tuple[int, int]] | None = None
         self._loaders: dict[str, BPTTLoader] = {}
@@ -124,6 +132,14 @@ class CharDataModule(L.LightningDataModule):
         assert self.bounds is not None
         b, e = self.bounds[SPLITS.index(split)]
         return corpus.ids[b:e]
+
+    def preceding_ids(self, split: str):
+        """``[M]`` ids of the text before one split (a memory-map slice; empty for train): what
+        its first evaluation stream reads as burn-in."""
+        corpus = self.prepare()
+        assert self.bounds is not None
+        b, _ = self.bounds[SPLITS.index(split)]
+        return corpus.ids[:b]
 
     def config(self) -> dict[str, Any]:
         """Plain-typed description of the data, stored in checkpoints (for eval and resume)."""
@@ -175,6 +191,8 @@ class CharDataModule(L.LightningDataModule):
                     rank=rank,
                     world_size=world,
                     cover_all=not train,
+                    burn_in=0 if train else self.eval_burn_in,
+                    context=None if train else self.preceding_ids(split),
                     name=split,
                 )
             except CharLMError as e:
@@ -184,6 +202,13 @@ class CharDataModule(L.LightningDataModule):
                     f"{e} (the {split} split is read as data.eval_batch_size={self.eval_batch_size} streams; "
                     f"lower data.eval_batch_size, or set its fraction in data.splits to 0 to disable it)"
                 ) from None
+            if not train and rank == 0:
+                ld = self._loaders[split]
+                log.info(
+                    "%s: %s characters scored as %d stream(s) (%d device(s) x data.eval_batch_size=%d), "
+                    "each after a burn-in of %d characters (data.eval_burn_in)",
+                    split, f"{ld.num_targets:,}", ld.num_streams, world, self.eval_batch_size, self.eval_burn_in,
+                )
         return self._loaders[split]
 
     def _enabled(self, split: str) -> bool:

@@ -13,6 +13,12 @@ carries over from batch ``i`` to ``i+1`` (``repackage_hidden`` detaches it betwe
 Rank-aware: with ``world_size`` processes there are ``G = world_size * batch_size`` global
 streams and rank ``r`` owns streams ``r*B .. (r+1)*B - 1``, so the global batch is
 ``world_size * batch_size`` streams and every character is seen once per epoch.
+
+Evaluation (``cover_all=True``) scores every character of a split once, whatever ``G``. So that
+the score does not depend on ``G`` either, each stream first reads the ``burn_in`` characters
+just before its segment without scoring them (:meth:`BPTTLoader.burn_in_batch`; the first
+stream reads the text that precedes the split, ``context``, when there is one): a stream then
+starts from the state a single pass over the text would have there, not from zeros.
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ from charlm.errors import CharLMError
 
 #: Target value of padded positions (cross-entropy's default ``ignore_index``).
 IGNORE_INDEX = -100
+
+#: Default burn-in of evaluation streams, in characters (``data.eval_burn_in``, ``charlm-eval
+#: burn_in=``). Measured on the default run's model (BENCHMARKS.md, "Evaluation streams and
+#: burn-in"): 1 to 1,024 streams give the single pass's val loss to 3e-5 nats with 64
+#: characters and to 5e-6 with 128 (without any, 512 streams are 0.030 nats/char worse); 128
+#: keeps a factor-2 margin for models with a longer memory.
+EVAL_BURN_IN = 128
 
 
 def split_bounds(num_chars: int, fractions: Sequence[float]) -> list[tuple[int, int]]:
@@ -77,10 +90,16 @@ class BPTTLoader:
             the ``N - 1`` targets is predicted exactly once; streams have ``ceil((N-1) / G)``
             characters, the last window may be shorter, and targets past the end of the split
             are ``IGNORE_INDEX`` (-100), so a token-weighted loss covers the whole split.
+        burn_in: evaluation only (``cover_all``): characters each stream reads, unscored, before
+            its segment (:meth:`burn_in_batch`); 0 starts every stream from a zero state.
+        context: ``[M]`` ids of the text just before the split (e.g. the train split before
+            val), read by the first stream(s) as their burn-in; ``None`` or empty when nothing
+            precedes it (then the first stream starts from a zero state, as a single pass does).
         name: split name, for error messages.
 
     Raises:
-        CharLMError: if the split is too small for one window of every stream.
+        CharLMError: if the split is too small for one window of every stream, or ``burn_in``
+            is negative or set for training.
 
     The loader is resumable: :meth:`state_dict` gives the epoch and the number of batches
     consumed, and :meth:`load_state_dict` makes the next iteration continue from there.
@@ -94,10 +113,14 @@ class BPTTLoader:
         rank: int = 0,
         world_size: int = 1,
         cover_all: bool = False,
+        burn_in: int = 0,
+        context: np.ndarray | None = None,
         name: str = "train",
     ):
         if batch_size < 1 or seq_len < 1:
             raise CharLMError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+        if int(burn_in) < 0 or (burn_in and not cover_all):
+            raise CharLMError(f"burn_in={burn_in} must be >= 0, and is for evaluation streams only (cover_all=True)")
         if not 0 <= rank < world_size:
             raise CharLMError(f"rank {rank} is not in [0, {world_size})")
         self.ids = ids
@@ -106,6 +129,8 @@ class BPTTLoader:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.cover_all = bool(cover_all)
+        self.burn_in = int(burn_in)
+        self.context = context if context is not None and int(context.shape[0]) > 0 else None
         self.name = name
         n = int(ids.shape[0])
         g = self.num_streams
@@ -153,6 +178,45 @@ class BPTTLoader:
     def __len__(self) -> int:
         return self.num_batches
 
+    def burn_in_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What this rank's streams read, unscored, before their first window.
+
+        Stream ``g`` (global index; its segment starts at split position ``s = g * L``) reads
+        the ``a = min(burn_in, M + s)`` characters just before ``s``: from the split itself, and
+        for the first stream(s) from ``context`` (``M`` characters), the text before the split.
+        A stream with ``a = 0`` (the first stream of a text with nothing before it) starts
+        from a zero state, exactly as one pass over the text does.
+
+        Returns:
+            ``None`` when no stream has anything to read (``burn_in == 0``, or one stream and
+            no context), else ``(x, start)``: ``x`` int64 ``[B, P]`` with ``P`` the longest
+            ``a`` of this rank's streams, each row right-aligned (row ``b`` holds its ``a_b``
+            characters in columns ``P - a_b .. P - 1``; the columns before are filler), and
+            ``start`` int64 ``[B]`` = ``P - a_b``, the column where the stream's text begins;
+            the state of row ``b`` must be zero at column ``start[b]`` (see
+            :func:`charlm.evaluation.evaluate.burn_in_state`).
+        """
+        if not self.burn_in:
+            return None
+        m = int(self.context.shape[0]) if self.context is not None else 0
+        s = self._starts[:, 0]  # [B] split positions where this rank's streams start
+        avail = np.minimum(self.burn_in, m + s)  # [B]
+        p = int(avail.max())
+        if p == 0:
+            return None
+        start = p - avail
+        col = np.arange(p, dtype=np.int64)[None, :]
+        pos = s[:, None] - p + col  # [B, P] split positions; < 0: in the context
+        pos[col < start[:, None]] = 0  # filler (before the state is zeroed): any valid id
+        n = int(self.ids.shape[0])
+        x = np.empty(pos.shape, dtype=np.int64)
+        inside = pos >= 0
+        x[inside] = np.asarray(self.ids[np.minimum(pos[inside], n - 1)], dtype=np.int64)
+        if not inside.all():
+            assert self.context is not None
+            x[~inside] = np.asarray(self.context[pos[~inside] + m], dtype=np.int64)
+        return torch.from_numpy(x), torch.from_numpy(start.astype(np.int64))
+
     def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Window ``i`` of this rank's streams: ``x, y`` int64 ``[B, T_i]`` (``T_i = T`` except
         possibly the last window with ``cover_all``); padded targets are ``IGNORE_INDEX``."""
@@ -178,7 +242,6 @@ class BPTTLoader:
         for i in range(start, self.num_batches):
             self._pending.append(i)
             yield self.batch(i)
-        self.epoch += 1
 
     def next_trained_index(self) -> int | None:
         """Index (in the epoch) of the oldest batch handed out and not yet marked trained: the
@@ -188,17 +251,23 @@ class BPTTLoader:
     def mark_trained(self) -> int:
         """Record that the oldest outstanding batch was trained on; returns its index.
 
-        The training loop calls this once per optimizer step (``CharLM.on_train_batch_end``),
+        The training loop calls this once per optimizer step (``CharLM.training_step``),
         so :meth:`state_dict` gives the position after the last *trained* batch however far
-        ahead the loader has been read.
+        ahead the loader has been read. Training the last batch of the split completes an
+        epoch: ``epoch`` goes up by one and ``consumed`` back to 0 (counted here, not when an
+        iterator is exhausted: Lightning stops after ``len(loader)`` batches without exhausting it).
         """
         i = self._pending.popleft() if self._pending else self.consumed
         self.consumed = i + 1
+        if self.consumed >= self.num_batches:
+            self.epoch += 1
+            self.consumed = 0
         return i
 
     def state_dict(self) -> dict:
         """Position in the split: ``{"epoch", "consumed", "num_streams", "stream_len", "seq_len"}``;
-        ``consumed`` counts the batches of the current epoch marked trained (:meth:`mark_trained`)."""
+        ``epoch`` counts the data epochs completed and ``consumed`` the batches of the current
+        epoch marked trained (:meth:`mark_trained`)."""
         return {
             "epoch": self.epoch,
             "consumed": self.consumed,

@@ -2,7 +2,8 @@
 
 Truncated BPTT as in char-rnn: the hidden state of every stream is carried from one training
 window to the next and detached between steps (``repackage_hidden``); it is reset at the start
-of every epoch. Validation and test carry their own state from zero over the whole split.
+of every epoch. Validation and test carry their own state over the whole split, each stream
+starting from its burn-in (:func:`charlm.evaluation.evaluate.burn_in_state`), as ``charlm-eval`` does.
 """
 
 from __future__ import annotations
@@ -162,10 +163,22 @@ class CharLM(L.LightningModule):
             return
         step = self.trainer.global_step
         loss = self._last_loss
-        bad_loss = loss is not None and not torch.isfinite(loss)
+        local_bad = loss is not None and not bool(torch.isfinite(loss))
+        bad_loss = local_bad
+        if self.trainer.world_size > 1:
+            # All ranks decide together (the norm is of the all-reduced gradients, so every rank
+            # is here): if any rank's loss is non-finite, every rank resets its hidden state, as
+            # one process holding all the streams would; otherwise the ranks would disagree on
+            # having a state and the next checkpoint's gather would fail (gloo) or hang (NCCL).
+            bad_loss = bool(self.trainer.strategy.reduce_boolean_decision(local_bad, all=False))
         if not bad_loss and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return  # fp16 loss scaling: the GradScaler skips this step and lowers its scale
-        what, value = ("training loss", loss) if bad_loss else ("gradient norm", norm)
+        if local_bad:
+            what, value = "training loss", loss
+        elif bad_loss:
+            what, value = "training loss on another rank, gradient norm", norm
+        else:
+            what, value = "gradient norm", norm
         if self.nonfinite == "skip":
             log.warning("step %d: non-finite %s (%s); skipping this optimizer step", step, what, value.item())
             for p in params:
@@ -241,7 +254,10 @@ class CharLM(L.LightningModule):
         return values
 
     def on_validation_epoch_start(self) -> None:
-        self.eval_state = None
+        from charlm.evaluation.evaluate import burn_in_state  # (charlm.evaluation imports charlm.model)
+
+        # every stream starts from its burn-in (the text before its segment), not from zeros
+        self.eval_state = burn_in_state(self.net, self.trainer.val_dataloaders)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_nll)
@@ -254,7 +270,9 @@ class CharLM(L.LightningModule):
         self._step_validation_schedulers({f"val/{k}": v for k, v in values.items()})
 
     def on_test_epoch_start(self) -> None:
-        self.eval_state = None
+        from charlm.evaluation.evaluate import burn_in_state
+
+        self.eval_state = burn_in_state(self.net, self.trainer.test_dataloaders)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_nll)

@@ -49,7 +49,9 @@ def next_ids(logits: torch.Tensor, temperature: float, top_k: int | None, genera
         temperature: ``0`` picks the arg-max (greedy); otherwise logits are divided by it
             (``< 1`` sharper, ``> 1`` flatter), computed in float32 with the max subtracted,
             so tiny temperatures such as 1e-3 neither overflow nor give NaN.
-        top_k: keep only the ``k`` most likely characters (``None``: all).
+        top_k: keep exactly the ``k`` most likely characters (``None``: all); of characters
+            tied at the ``k``-th logit, those ``torch.topk`` returns first are kept, so a tie
+            never lets more than ``k`` through (``top_k=1`` is greedy even on a tie).
         generator: random generator for reproducible draws.
 
     Returns:
@@ -57,8 +59,8 @@ def next_ids(logits: torch.Tensor, temperature: float, top_k: int | None, genera
     """
     logits = logits.float()
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        top = torch.topk(logits, top_k, dim=-1)
+        logits = torch.full_like(logits, float("-inf")).scatter_(-1, top.indices, top.values)
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     # max first, then divide: (logits - max) <= 0, so a tiny temperature gives -inf or 0, never inf - inf = NaN

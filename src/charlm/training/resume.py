@@ -43,7 +43,7 @@ PROTECTED_TRAINER = ("precision", "gradient_clip_val", "gradient_clip_algorithm"
 EXTENDABLE = ("trainer.max_steps", "trainer.max_epochs", "trainer.max_time")
 #: Keys under ``data`` that do not change what is trained on (locations, eval layout); the
 #: per-device ``batch_size`` is compared as the global number of streams instead.
-DATA_FREE = ("data.data_dir", "data.cache_dir", "data.eval_batch_size", "data.batch_size")
+DATA_FREE = ("data.data_dir", "data.cache_dir", "data.eval_batch_size", "data.eval_burn_in", "data.batch_size")
 #: Command-line keys that belong to one invocation, never stored as the run's overrides.
 TRANSIENT = ("resume", "stop_after_steps", "allow_changes", "init_from", "ckpt_path")
 
@@ -917,23 +917,67 @@ class StopControl(L.Callback):
             self._stop(trainer, reason)
 
 
+def resolve_num_devices(cfg: DictConfig) -> int:
+    """The number of devices (processes per node) the Trainer of ``cfg`` would use, resolved as
+    Lightning resolves ``trainer.accelerator`` and ``trainer.devices``: ``"auto"``/``"gpu"``
+    pick the accelerator, ``devices="auto"`` is its ``auto_device_count()`` (1 on the CPU),
+    ``-1`` all GPUs, ``"0,1"`` or ``[0, 1]`` those GPUs (Lightning's own parsing helpers, so
+    the count is the one the Trainer gets).
+
+    Raises:
+        CharLMError: if Lightning refuses the combination (e.g. ``trainer.devices=-1`` on the
+            CPU, or a GPU accelerator on a machine without one), with its reason.
+    """
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    devices = OmegaConf.select(cfg, "trainer.devices", default="auto")
+    if OmegaConf.is_config(devices):
+        devices = OmegaConf.to_container(devices)
+    try:
+        if not isinstance(accelerator, str):
+            raise TypeError("only an accelerator name (auto, cpu, gpu, cuda, mps, tpu) can be checked here")
+        name = accelerator
+        if name == "auto":
+            name = _AcceleratorConnector._choose_auto_accelerator()
+        elif name == "gpu":
+            name = _AcceleratorConnector._choose_gpu_accelerator_backend()
+        if name not in AcceleratorRegistry:
+            raise ValueError(f"unknown accelerator {name!r}; Lightning has {sorted(AcceleratorRegistry.available_accelerators())}")
+        acc = AcceleratorRegistry[name]["accelerator"]
+        if not acc.is_available():
+            raise MisconfigurationException(f"the {name} accelerator is not available on this machine")
+        if devices == "auto":
+            devices = acc.auto_device_count()
+        return len(acc.get_parallel_devices(acc.parse_devices(devices)))
+    except (MisconfigurationException, TypeError, ValueError) as e:
+        raise CharLMError(
+            f"trainer.devices={devices!r} with trainer.accelerator={accelerator!r} is not a valid device choice "
+            f"here: {str(e).strip()}"
+        ) from None
+
+
 def check_multirun_ddp(cfg: DictConfig) -> None:
     """Refuse a Hydra multirun whose jobs would launch DDP processes themselves.
 
     Lightning's subprocess launcher re-runs the command line for every extra rank, which in a
     multirun would start the whole sweep again. Jobs may use several devices when a launcher
     starts one process per device (SLURM via ``hydra/launcher=submitit_slurm`` with
-    ``tasks_per_node`` = devices per node, or torchrun).
+    ``tasks_per_node`` = devices per node, or torchrun). The device count is resolved as the
+    Trainer resolves it (:func:`resolve_num_devices`): ``trainer.devices=-1`` on a machine with
+    two GPUs is two devices, ``"auto"`` on the CPU is one.
 
     Raises:
-        CharLMError: in a multirun with more than one device per job and no external launcher.
+        CharLMError: in a multirun with more than one device per job and no external launcher,
+            or with a device choice Lightning refuses.
     """
     from charlm.cli.common import is_multirun
 
     if not is_multirun():
         return
-    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
-    n = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, (list, tuple)) else 2)
+    n = resolve_num_devices(cfg)
     nodes = int(OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1)
     if n * nodes <= 1:
         return
@@ -971,6 +1015,7 @@ __all__ = [
     "rebuild_wandb_history",
     "rebuilds_wandb_history",
     "relocate_checkpoint_states",
+    "resolve_num_devices",
     "restore_rng_states",
     "resume_run_dir",
 ]
