@@ -101,3 +101,21 @@ def test_charlm_ngram_command(tmp_path, small_corpus):
     bad = subprocess.run([sys.executable, "-m", "charlm.cli.ngram", "data=file", f"data.path={small_corpus}",
                           "order=0", f"hydra.run.dir={tmp_path / 'bad'}"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: order=0")
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("order=2.5", "error: order=2.5 must be an integer >= 1"),
+    ("discount=3", "error: discount=3 must be a finite number > 0 and <= 1"),
+    ("smoothing=wb", "error: smoothing=wb must be one of mkn, kn"),
+])
+def test_charlm_ngram_options_are_checked(tmp_path, small_corpus, arg, message):
+    r = subprocess.run([sys.executable, "-m", "charlm.cli.ngram", "data=file", f"data.path={small_corpus}", arg,
+                        f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith(message), r.stderr[-2000:]
+
+
+def test_charlm_ngram_help_lists_its_own_options():
+    r = subprocess.run([sys.executable, "-m", "charlm.cli.ngram", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "charlm-ngram:" in r.stdout and "order: 20" in r.stdout
+    assert "== Config groups" not in r.stdout and "optimizer" not in r.stdout

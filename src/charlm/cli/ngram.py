@@ -24,15 +24,29 @@ from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
 from charlm.config import config_dir
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
+from charlm.options import Opt, check_options
 
 log = logging.getLogger("charlm.ngram")
 
 SPLITS = ("train", "val", "test")
+#: charlm-ngram's options with a type or range (``data.*`` as in charlm-train).
+OPTIONS = {
+    "order": Opt(int, min=1),
+    "smoothing": Opt(str, choices=("mkn", "kn")),
+    "discount": Opt(float, gt=0, max=1, null="estimated per order"),
+    "crlf": Opt(bool),
+}
 
 
 def run(cfg: DictConfig) -> dict:
-    """Fit on the train split of ``cfg.data`` and score ``cfg.split``; returns the metrics."""
+    """Fit on the train split of ``cfg.data`` and score ``cfg.split``; returns the metrics.
+
+    Raises:
+        CharLMError: on a bad option (:data:`OPTIONS`, ``split``) or an empty train split.
+    """
     from charlm.model.ngram import KneserNeyLM
+
+    check_options(cfg, OPTIONS)
 
     wanted = [str(s) for s in (cfg.split if isinstance(cfg.split, (list, ListConfig)) else [cfg.split])]
     bad = [s for s in wanted if s not in SPLITS]
@@ -87,7 +101,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     utf8_stdout()
-    fix_argv()
+    fix_argv("ngram")
     hydra_main()
 
 
