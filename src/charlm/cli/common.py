@@ -390,6 +390,17 @@ def pick_device(name: Any, option: str = "device"):
     return dev
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as charlm prints it: relative to the current directory when it lies under it
+    (``outputs/train/runs/...``, as the README shows it), else absolute. Symbolic links are not
+    resolved, so a path the user typed stays recognisable."""
+    p = Path(os.path.abspath(path))
+    try:
+        return str(p.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(p)
+
+
 def is_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
