@@ -281,3 +281,41 @@ def test_a_finished_run_extended_after_its_final_validation_continues_exactly(tm
     assert losses(ext) == losses(tmp_path / "full") and len(losses(ext)) == 30
     a, b = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (tmp_path / "full", ext))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_shorter_than_the_intervals_still_validates_logs_and_checkpoints(tmp_path, compose, caplog):
+    """`charlm-train trainer.max_steps=20` with the default intervals (validation and last.ckpt
+    every 250 steps, metrics every 25) wrote no val loss, metrics.csv, samples.txt or best
+    checkpoint: the intervals are cut to the run's length, with a note."""
+    from charlm.cli.train import STEP_INTERVALS
+
+    out = tmp_path / "short"
+    defaults = {k.split("=")[0] for k in FAST_TRAIN if k.split("=")[0] in STEP_INTERVALS}
+    cfg = compose("train", out, [o for o in FAST_TRAIN if o.split("=")[0] not in defaults] + ["trainer.max_steps=6"])
+    assert cfg.trainer.val_check_interval == 250 and cfg.trainer.log_every_n_steps == 25
+    caplog.set_level("INFO", logger="charlm")
+    metrics = train(cfg)
+    assert math.isfinite(metrics["val/loss"]) and math.isfinite(metrics["best/val_bpc"])
+    for key in STEP_INTERVALS:
+        assert f"{key}=" in caplog.text and "trainer.max_steps=6" in caplog.text, key
+    rows = (out / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    val_rows = [r for r in rows[1:] if r.split(",")[header.index("val/loss")]]
+    train_rows = [r for r in rows[1:] if r.split(",")[header.index("train/loss")]]
+    assert len(val_rows) == 1 and len(train_rows) >= 1
+    assert "### step=6 " in (out / "samples.txt").read_text(encoding="utf-8")
+    assert [p.name for p in (out / "checkpoints").glob("step000006-val_loss*.ckpt")]
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert (out / "visualize" / "cells.html").is_file()
+
+
+def test_summary_prints_paths_relative_to_the_current_directory(tmp_path, compose, capsys, monkeypatch):
+    """The README shows `run dir:     outputs/train/runs/...`: paths under the current directory
+    are printed relative to it (they were absolute)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = compose("train", tmp_path / "outputs" / "train" / "runs" / "r1", FAST_TRAIN + ["trainer.max_steps=4"])
+    train(cfg)
+    printed = capsys.readouterr().out
+    assert "run dir:     outputs/train/runs/r1\n" in printed
+    assert "sample it:   charlm-sample ckpt=outputs/train/runs/r1/checkpoints/last.ckpt" in printed
+    assert str(tmp_path) not in printed

@@ -451,10 +451,12 @@ def clean_errors(task):
 def _record_failure(e: CharLMError) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from charlm.sweeps import write_job_status
+    from charlm.sweeps import is_recorded, write_job_status
 
     try:
         hc = HydraConfig.get()
     except ValueError:  # not run by Hydra (plain python use)
+        return
+    if is_recorded(str(hc.runtime.output_dir)):  # the app recorded how its run ended itself
         return
     write_job_status(Path(str(hc.runtime.output_dir)), "FAILED", list(hc.overrides.task), error=f"{type(e).__name__}: {e}")

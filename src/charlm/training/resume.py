@@ -46,16 +46,18 @@ TRANSIENT = ("resume", "stop_after_steps", "allow_changes", "init_from", "ckpt_p
 
 
 # ---------------------------------------------------------------------- checkpoints and run dirs
-def find_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
-    """``(checkpoint file, run dir)`` for ``resume=<target>``.
+def find_checkpoint(target: str | Path, option: str = "resume") -> tuple[Path, Path | None]:
+    """``(checkpoint file, run dir)`` for ``<option>=<target>`` (``resume=`` or ``ckpt_path=``).
 
     ``target`` is a run dir (its ``checkpoints/last.ckpt`` is used), a ``checkpoints`` folder,
     or a ``.ckpt`` file. The run dir is the folder above ``checkpoints/`` (``None`` when the
     checkpoint does not sit in a run dir's ``checkpoints/`` folder).
 
     Raises:
-        CharLMError: if no checkpoint is found (a resume never silently starts from scratch).
+        CharLMError: if no checkpoint is found (a resume never silently starts from scratch),
+            naming ``option`` as the user gave it.
     """
+    undo = "to start a new run drop resume=" if option == "resume" else f"give an existing .ckpt file or drop {option}="
     p = Path(str(target)).expanduser()
     if p.is_dir():
         for c in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
@@ -64,11 +66,11 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
                 break
         else:
             raise CharLMError(
-                f"resume={target}: no checkpoint found (looked for checkpoints/last.ckpt and last.ckpt under it). "
-                "Give a run dir that has written a checkpoint, or a .ckpt file; to start a new run drop resume=."
+                f"{option}={target}: no checkpoint found (looked for checkpoints/last.ckpt and last.ckpt under it). "
+                f"Give a run dir that has written a checkpoint, or a .ckpt file; {undo}."
             )
     elif not p.is_file():
-        raise CharLMError(f"resume={target}: no such run dir or checkpoint file; to start a new run drop resume=.")
+        raise CharLMError(f"{option}={target}: no such run dir or checkpoint file; {undo}.")
     p = p.resolve()
     run_dir = p.parent.parent if p.parent.name == "checkpoints" else None
     return p, run_dir
@@ -819,11 +821,11 @@ class StopControl(L.Callback):
             if reason is None or reason in ("SIGINT", "SIGTERM"):  # a signal here or on another rank
                 self.interrupted = reason or "SIGTERM"
             if trainer.is_global_zero:
-                from charlm.cli.common import command
+                from charlm.cli.common import command, shown_path
 
                 log.warning(
                     "stopped after step %d (%s); last.ckpt written. Continue with: %s",
-                    step, reason or "another rank was signalled", command("charlm-train", resume=trainer.default_root_dir),
+                    step, reason or "another rank was signalled", command("charlm-train", resume=shown_path(trainer.default_root_dir)),
                 )
 
 
