@@ -402,3 +402,21 @@ def test_a_failed_single_run_is_recorded_and_errors_name_the_option_given(tmp_pa
     assert r.stderr.startswith("error: ckpt_path=nope.ckpt: ") and "resume" not in r.stderr and "Traceback" not in r.stderr
     st = _status(run)
     assert st["status"] == "FAILED" and st["error"].startswith("CharLMError: ckpt_path=nope.ckpt")
+
+
+def test_stop_after_steps_before_max_steps_is_recorded_stopped(compose, tmp_path, tiny_corpus):
+    """A run cut by stop_after_steps is STOPPED with its step and reason (it was COMPLETED); one
+    whose stop_after_steps is not before max_steps simply completes."""
+    from charlm.cli.train import record_status
+    from charlm.sweeps import objective
+
+    for stop, steps, status in [(4, 12, "STOPPED"), (12, 12, "COMPLETED")]:
+        run = tmp_path / f"run{stop}"
+        cfg = compose("train", run, _overrides(tiny_corpus, steps, f"stop_after_steps={stop}"))
+        record: dict = {}
+        record_status(cfg, record, value=objective(train(cfg, record)))
+        st = _status(run)
+        assert st["status"] == status and st["step"] == stop, st
+        assert ("reason" in st) == (status == "STOPPED")
+        if status == "STOPPED":
+            assert st["reason"] == "stop_after_steps=4 (trainer.max_steps=12)"
