@@ -64,7 +64,7 @@ def _is_multirun(hc: DictConfig | None) -> bool:
         return False
     from hydra.types import RunMode
 
-    return hc.mode == RunMode.MULTIRUN
+    return OmegaConf.select(hc, "mode", default=None) == RunMode.MULTIRUN
 
 
 def name_wandb_run(cfg: DictConfig) -> None:
