@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 import signal
@@ -246,7 +247,7 @@ def test_signal_at_any_moment_leaves_last_ckpt_of_the_last_step(compose, tmp_pat
     # every path the summary names is on disk
     for line in r.stdout.splitlines():
         if line.startswith("sample it:"):
-            assert Path(line.split("ckpt=", 1)[1]).is_file(), line
+            assert (run.parent / line.split("ckpt=", 1)[1]).is_file(), line
     if expect is None:
         assert not last.exists() and not best_files(run)
         assert "nothing to resume" in r.stdout and "sample it:" not in r.stdout, r.stdout[-2000:]
@@ -255,7 +256,7 @@ def test_signal_at_any_moment_leaves_last_ckpt_of_the_last_step(compose, tmp_pat
     ck = torch.load(last, map_location="cpu", weights_only=True)
     assert ck["global_step"] == expect, out[-3000:]
     assert f"training interrupted at step {expect:,} ({sig})" in r.stdout
-    assert f"last.ckpt (step {expect:,})" in r.stdout and f"resume it:   charlm-train resume={run}" in r.stdout
+    assert f"last.ckpt (step {expect:,})" in r.stdout and f"resume it:   charlm-train resume={run.name}" in r.stdout
     for name in best_files(run):
         assert name in r.stdout
     assert val_rows(run) == {k: v for k, v in val_rows(full).items() if k < expect}
@@ -417,3 +418,102 @@ def test_multirun_guard_counts_devices_as_lightning_does(compose, tmp_path, monk
         cfg = _as_multirun(compose("train", tmp_path, ["trainer=ddp"]))  # accelerator gpu, devices -1
         with pytest.raises(CharLMError, match="trainer.devices=-1 with trainer.accelerator='gpu'"):
             resume.check_multirun_ddp(cfg)
+
+
+# ---------------------------------------------------------------------------------- job_status.yaml
+def _train_cli(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``charlm-train`` as a user runs it (``tests/`` on the path for :mod:`plugins`)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]))
+    return subprocess.run([sys.executable, "-m", "charlm.cli.train", *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _status(run: Path):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(run / "job_status.yaml"))
+
+
+@pytest.mark.slow
+def test_job_status_of_a_stopped_then_resumed_run_keeps_its_overrides_and_value(tmp_path, tiny_corpus):
+    """stop_after_steps before max_steps is STOPPED (step, reason); resuming it to the end is
+    COMPLETED with the run's own overrides (not `resume=...`), the resume noted; resuming the
+    finished run again trains nothing and keeps the value of its final weights; a refused resume
+    leaves the record alone. charlm-report shows each status."""
+    from charlm.report import build_report
+    from charlm.training.resume import merge_overrides
+
+    run = tmp_path / "run"
+    own = _overrides(tiny_corpus, 20)
+    r = _train_cli(tmp_path, f"hydra.run.dir={run}", *own, "stop_after_steps=5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    st = _status(run)
+    assert st["status"] == "STOPPED" and st["step"] == 5 and "stop_after_steps=5" in st["reason"]
+    assert st["overrides"] == [*own, "stop_after_steps=5"] and "resumes" not in st
+    (job,) = build_report(run, tmp_path / "rep1", plot=False)
+    assert job.status == "STOPPED" and "at step 5" in (tmp_path / "rep1" / "report.md").read_text()
+
+    r = _train_cli(tmp_path, f"resume={run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = _status(run)
+    assert done["status"] == "COMPLETED" and done["step"] == 20 and math.isfinite(done["value"])
+    own = merge_overrides(own)  # (the list repeats keys: the last value counts, as in Hydra)
+    assert done["overrides"] == own  # the run's own, without one invocation's stop_after_steps or resume=
+    assert done["resumes"] == [{"overrides": [f"resume={run}"], "from_step": 5, "to_step": 20}]
+
+    r = _train_cli(tmp_path, f"resume={run}")  # finished: nothing to train
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = _status(run)
+    assert again["value"] == done["value"] and again["overrides"] == own and again["status"] == "COMPLETED"
+    assert len(again["resumes"]) == 2 and again["resumes"][1]["from_step"] == again["resumes"][1]["to_step"] == 20
+
+    r = _train_cli(tmp_path, f"resume={run}", "optimizer.lr=0.5")  # refused: the record stands
+    assert r.returncode == 2 and _status(run) == again
+    (job,) = build_report(run, tmp_path / "rep2", plot=False)
+    assert job.status == "COMPLETED" and job.overrides == own and job.steps == 20
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_an_interrupted_single_run_is_recorded_interrupted(tmp_path, tiny_corpus, sig):
+    """Ctrl-C or SIGTERM (sent by the test's own callback right after step 3) ends a single run
+    as INTERRUPTED, with the step, and charlm-report says so (it listed it as COMPLETED)."""
+    from charlm.report import build_report
+
+    run = tmp_path / "run"
+    r = _train_cli(tmp_path, f"hydra.run.dir={run}", *_overrides(tiny_corpus, 1000),
+                   "+callbacks.signal._target_=plugins.SignalAtStep", "+callbacks.signal.step=3",
+                   f"+callbacks.signal.signum={sig}")
+    assert r.returncode == 128 + getattr(signal, sig), r.stderr[-3000:]
+    st = _status(run)
+    assert st["status"] == "INTERRUPTED" and st["step"] == 3 and f"{sig} at step 3" in st["error"]
+    (job,) = build_report(run, tmp_path / "rep", plot=False)
+    assert job.status == "INTERRUPTED" and f"{sig} at step 3" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_a_failed_single_run_is_recorded_and_errors_name_the_option_given(tmp_path):
+    """`ckpt_path=nope.ckpt` says ckpt_path (it said `resume=nope.ckpt` and suggested dropping
+    resume=), and the run dir's job_status.yaml says FAILED with the error."""
+    run = tmp_path / "run"
+    r = _train_cli(tmp_path, f"hydra.run.dir={run}", "ckpt_path=nope.ckpt", "logger=csv")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ckpt_path=nope.ckpt: ") and "resume" not in r.stderr and "Traceback" not in r.stderr
+    st = _status(run)
+    assert st["status"] == "FAILED" and st["error"].startswith("CharLMError: ckpt_path=nope.ckpt")
+
+
+def test_stop_after_steps_before_max_steps_is_recorded_stopped(compose, tmp_path, tiny_corpus):
+    """A run cut by stop_after_steps is STOPPED with its step and reason (it was COMPLETED); one
+    whose stop_after_steps is not before max_steps simply completes."""
+    from charlm.cli.train import record_status
+    from charlm.sweeps import objective
+
+    for stop, steps, status in [(4, 12, "STOPPED"), (12, 12, "COMPLETED")]:
+        run = tmp_path / f"run{stop}"
+        cfg = compose("train", run, _overrides(tiny_corpus, steps, f"stop_after_steps={stop}"))
+        record: dict = {}
+        record_status(cfg, record, value=objective(train(cfg, record)))
+        st = _status(run)
+        assert st["status"] == status and st["step"] == stop, st
+        assert ("reason" in st) == (status == "STOPPED")
+        if status == "STOPPED":
+            assert st["reason"] == "stop_after_steps=4 (trainer.max_steps=12)"

@@ -76,7 +76,9 @@ def test_hparams_search_optuna_composes_and_instantiates(compose, tmp_path):
     sweeper = instantiate(sw)
     grid = compose("train", tmp_path, ["hparams_search=optuna_grid"]).hydra.sweeper
     assert grid.sampler._target_.endswith("GridSampler") and grid.params is None
-    assert grid.storage == "sqlite:///./outputs/train/optuna/charlm-tinyshakespeare.db"
+    # the grid's choice(...) parameters would clash with the TPE study's intervals: a study of its own
+    assert grid.study_name == "charlm-tinyshakespeare-grid"
+    assert grid.storage == "sqlite:///./outputs/train/optuna/charlm-tinyshakespeare-grid.db"
     assert type(sweeper).__name__ == "OptunaSweeper"
 
 

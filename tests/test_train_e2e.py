@@ -301,3 +301,39 @@ def test_a_finished_run_extended_after_its_final_validation_continues_exactly(tm
     assert losses(ext) == losses(tmp_path / "full") and len(losses(ext)) == 30
     a, b = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (tmp_path / "full", ext))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_shorter_than_the_intervals_still_validates_logs_and_checkpoints(tmp_path, compose, caplog):
+    """`charlm-train trainer.max_steps=6` with the default intervals (validation and last.ckpt
+    every 250 steps, metrics every 25) writes its val loss, samples, a best checkpoint, last.ckpt
+    and train metrics: it validates after its last step, and log_every_n_steps is cut to the
+    run's length, with a note (metrics.csv had no train row)."""
+    intervals = ("trainer.val_check_interval", "trainer.log_every_n_steps", "callbacks.last_checkpoint.every_n_train_steps")
+    out = tmp_path / "short"
+    cfg = compose("train", out, [o for o in FAST_TRAIN if o.split("=")[0] not in intervals] + ["trainer.max_steps=6"])
+    assert cfg.trainer.val_check_interval == 250 and cfg.trainer.log_every_n_steps == 25
+    caplog.set_level("INFO", logger="charlm")
+    metrics = train(cfg)
+    assert math.isfinite(metrics["val/loss"]) and math.isfinite(metrics["best/val_bpc"])
+    assert "trainer.log_every_n_steps=25 is longer than the run (trainer.max_steps=6)" in caplog.text
+    rows = (out / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    val_rows = [r for r in rows[1:] if r.split(",")[header.index("val/loss")]]
+    train_rows = [r for r in rows[1:] if r.split(",")[header.index("train/loss")]]
+    assert len(val_rows) == 1 and len(train_rows) >= 1
+    assert "### step=6 " in (out / "samples.txt").read_text(encoding="utf-8")
+    assert [p.name for p in (out / "checkpoints").glob("step000006-val_loss*.ckpt")]
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert (out / "visualize" / "cells.html").is_file()
+
+
+def test_summary_prints_paths_relative_to_the_current_directory(tmp_path, compose, capsys, monkeypatch):
+    """The README shows `run dir:     outputs/train/runs/...`: paths under the current directory
+    are printed relative to it (they were absolute)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = compose("train", tmp_path / "outputs" / "train" / "runs" / "r1", FAST_TRAIN + ["trainer.max_steps=4"])
+    train(cfg)
+    printed = capsys.readouterr().out
+    assert "run dir:     outputs/train/runs/r1\n" in printed
+    assert "sample it:   charlm-sample ckpt=outputs/train/runs/r1/checkpoints/last.ckpt" in printed
+    assert str(tmp_path) not in printed

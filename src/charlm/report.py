@@ -1,9 +1,9 @@
 """``charlm-report``: compare the jobs of a sweep (or one run) without W&B.
 
-Reads only what every run writes to disk: ``.hydra/overrides.yaml`` (the job's overrides),
-``csv/metrics.csv`` (Lightning's CSVLogger: ``step`` and every logged metric), ``csv/hparams.yaml``
-(``num_parameters``), and ``job_status.yaml`` (written by :class:`charlm.sweeps.JobReport` in a
-multirun). Writes ``report.md``, ``report.csv`` and ``val_bpc.png`` (val bits per character
+Reads only what every run writes to disk: ``job_status.yaml`` (how the run ended and its own
+overrides, written by :func:`charlm.sweeps.write_job_status`), ``.hydra/overrides.yaml`` (the
+overrides, for a run without that record), ``csv/metrics.csv`` (Lightning's CSVLogger: ``step``
+and every logged metric) and ``csv/hparams.yaml`` (``num_parameters``). Writes ``report.md``, ``report.csv`` and ``val_bpc.png`` (val bits per character
 against the optimizer step, one curve per job) into the given folder (or ``--out``).
 
     charlm-report outputs/train/multiruns/2026-01-01_12-00-00_000000
@@ -34,13 +34,17 @@ class Job:
 
     ``curve`` is ``[(step, val_bpc), ...]`` in file order (bits per character);
     ``wall_time_s`` is seconds from the job's start (``.hydra/config.yaml`` written) to its last
-    metrics write (``csv/metrics.csv``'s modification time)."""
+    metrics write (``csv/metrics.csv``'s modification time); ``status`` is ``job_status.yaml``'s
+    (``COMPLETED``, ``STOPPED``, ``INTERRUPTED``, ``FAILED``), ``UNKNOWN`` without one (a run
+    killed outright, or still running); ``note`` says why a run did not complete (the error, or
+    the reason and step it stopped at)."""
 
     run_dir: Path
     name: str
     overrides: list[str] = field(default_factory=list)
     status: str = "UNKNOWN"
     error: str | None = None
+    note: str | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)
     steps: int | None = None
     wall_time_s: float | None = None
@@ -114,8 +118,17 @@ def read_job(run_dir: Path, root: Path) -> Job:
         s = OmegaConf.load(st)
         job.status = str(s.get("status", "UNKNOWN"))
         job.error = s.get("error")
-    elif job.curve:
-        job.status = "COMPLETED"
+        if s.get("overrides") is not None:  # the run's own (.hydra/overrides.yaml is a resume's command line)
+            job.overrides = [str(o) for o in s.overrides]
+        if s.get("step") is not None:
+            job.steps = int(s.step)
+        if job.status == "STOPPED":
+            at = f", at step {job.steps}" if job.steps is not None else ""
+            job.note = f"{s.get('reason') or 'stopped before trainer.max_steps'}{at}"
+        elif job.error:
+            job.note = str(job.error)
+    else:
+        job.note = f"no {JOB_STATUS_FILE}: the run was killed outright, or is still running"
     return job
 
 
@@ -189,9 +202,9 @@ def build_report(root: str | Path, out: str | Path | None = None, plot: bool = T
             f"| {r['rank']} | {r['overrides'] or '(none)'} | {_fmt(r['best_val_bpc'], '.4f')} | {_fmt(r['final_val_bpc'], '.4f')} "
             f"| {_fmt(r['steps'])} | {_fmt(r['wall_time_s'], '.1f')} | {_fmt(r['num_parameters'], ',')} | {r['status']} |"
         )
-    failed = [j for j in jobs if j.error]
-    if failed:
-        lines += ["", "Failed jobs:", ""] + [f"- `{j.name}`: {j.error}" for j in failed]
+    short = [j for j in jobs if j.status != "COMPLETED" and j.note]
+    if short:
+        lines += ["", "Jobs that did not complete:", ""] + [f"- `{j.name}` {j.status}: {j.note}" for j in short]
     if plot:
         lines += ["", "![val bpc curves](val_bpc.png)"]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -236,7 +249,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     """``charlm-report DIR [--out OUT] [--no-plot]``; prints the Markdown table. Exit 2 on a
     :class:`CharLMError` (message, no traceback)."""
-    from charlm.cli.common import utf8_stdout
+    from charlm.cli.common import shown_path, utf8_stdout
 
     utf8_stdout()
     p = _Parser(prog="charlm-report", description="Table and val-bpc plot of every job of a run or multirun folder.")
@@ -251,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out or args.dir)
     print((out / "report.md").read_text(encoding="utf-8"), end="")
+    out = Path(shown_path(out))
     print(f"\nwritten: {out / 'report.md'}, {out / 'report.csv'}" + ("" if args.no_plot else f", {out / 'val_bpc.png'}"))
     return 0
 

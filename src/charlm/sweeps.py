@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import traceback
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -61,7 +64,7 @@ def _is_multirun(hc: DictConfig | None) -> bool:
         return False
     from hydra.types import RunMode
 
-    return hc.mode == RunMode.MULTIRUN
+    return OmegaConf.select(hc, "mode", default=None) == RunMode.MULTIRUN
 
 
 def name_wandb_run(cfg: DictConfig) -> None:
@@ -146,58 +149,244 @@ def objective(metrics: dict[str, float]) -> float | None:
     return value
 
 
+def write_job_status(
+    out_dir: str | Path,
+    status: str,
+    overrides: list[str],
+    *,
+    value: float | None = None,
+    step: int | None = None,
+    reason: str | None = None,
+    error: str | None = None,
+    resume: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``<out_dir>/job_status.yaml``, the record of how a run ended (read by ``charlm-report``).
+
+    Fields: ``status`` (``COMPLETED``, ``STOPPED`` by ``stop_after_steps`` before ``max_steps``,
+    ``INTERRUPTED`` by SIGINT/SIGTERM, ``FAILED``), ``overrides`` (the run's own overrides),
+    ``value`` (the sweep objective: best val bits per character; ``null`` without validation),
+    ``step`` (optimizer steps done), ``reason`` (why a STOPPED run stopped), ``error`` (FAILED /
+    INTERRUPTED), ``resumes`` (one entry per ``resume=`` of the run: its command-line overrides,
+    ``from_step``, ``to_step``).
+
+    ``resume`` (``{"overrides": [...], "from_step": N}``) marks a resumed run: the existing
+    record's ``overrides`` are kept (less a ``stop_after_steps``, updated by the resume's
+    run-defining overrides, e.g. a longer ``trainer.max_steps``) and the resume is appended to
+    ``resumes``; when the resume trained no step, the record's ``value`` is kept (it describes
+    the same final weights).
+
+    Never raises for an unwritable run dir (a warning is logged instead)."""
+    out = Path(out_dir)
+    path = out / JOB_STATUS_FILE
+    old: dict[str, Any] = {}
+    if resume is not None and path.is_file():
+        try:
+            old = OmegaConf.to_container(OmegaConf.load(path)) or {}  # type: ignore[assignment]
+        except Exception:  # pragma: no cover - a damaged record is replaced
+            old = {}
+    record: dict[str, Any] = {"status": status, "overrides": [str(o) for o in overrides]}
+    if resume is not None:
+        from charlm.training.resume import merge_overrides, run_overrides
+
+        if old.get("overrides"):  # a stop_after_steps belonged to the invocation that stopped the run
+            kept = [str(o) for o in old["overrides"] if str(o).split("=", 1)[0].lstrip("+~") != "stop_after_steps"]
+            record["overrides"] = merge_overrides(kept, run_overrides(list(resume["overrides"])))
+        if step is not None and step == resume.get("from_step") and status == "COMPLETED" and "value" in old:
+            value = old.get("value")  # nothing trained: the final weights, and their value, are unchanged
+    if status in ("COMPLETED", "STOPPED"):
+        record["value"] = float(value) if isinstance(value, (int, float)) else None
+    if step is not None:
+        record["step"] = int(step)
+    if reason:
+        record["reason"] = reason
+    if error:
+        record["error"] = error
+    resumes = list(old.get("resumes") or [])
+    if resume is not None:
+        resumes.append({"overrides": [str(o) for o in resume["overrides"]], "from_step": resume.get("from_step"), "to_step": step})
+    if resumes:
+        record["resumes"] = resumes
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(record), path)
+        mark_recorded(out)
+    except OSError as e:  # pragma: no cover - read-only or vanished run dir
+        log.warning("could not write %s: %s", path, e)
+    return path
+
+
+#: Run dirs whose job_status.yaml was taken care of in this process (written, or left as it was
+#: on purpose): JobReport and clean_errors leave them alone.
+_RECORDED: set[str] = set()
+
+
+def mark_recorded(out_dir: str | Path) -> None:
+    """Note that ``<out_dir>/job_status.yaml`` is taken care of (see :func:`is_recorded`)."""
+    _RECORDED.add(str(Path(out_dir).resolve()))
+
+
+def is_recorded(out_dir: str | Path) -> bool:
+    """Whether this process already wrote ``<out_dir>/job_status.yaml``, or left it as it was on
+    purpose (a refused ``resume=`` keeps the run's record), so that nothing overwrites it."""
+    return str(Path(out_dir).resolve()) in _RECORDED
+
+
+class SweepJobFailed(CompactHydraException):
+    """What a failed multirun job returns to a sweeper (Optuna's: the trial is recorded as FAIL)
+    once :class:`JobReport` has reported it: a short message, no traceback."""
+
+
+class _ReportedJobReturn(JobReturn):
+    """A failed job's ``JobReturn`` whose error charlm has already reported in one line: reading
+    ``return_value`` raises :class:`SweepJobFailed` without Hydra's "Error executing job with
+    overrides" banner, or, where Hydra's BasicSweeper reads it after the batch to fail the whole
+    multirun (``_exit_on_read``), exits with status 1 without a second report and traceback."""
+
+    @property
+    def return_value(self) -> Any:
+        if self.status == JobStatus.COMPLETED:
+            return self._return_value
+        if getattr(self, "_exit_on_read", False):
+            raise SystemExit(1)
+        raise self._return_value
+
+    @return_value.setter
+    def return_value(self, value: Any) -> None:
+        self._return_value = value
+
+
+class _DropOptunaFailureLines(logging.Filter):
+    """The Optuna sweeper logs "Failed experiment: <error>" for a failed trial, which
+    :class:`JobReport` has already reported as ``job N FAILED (...)``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed experiment:")
+
+
+def _log_traceback_to_files(text: str) -> None:
+    """Append ``text`` to the job's log file (Hydra's ``<run dir>/<task>.log``) only, not the console."""
+    record = logging.LogRecord("charlm.sweeps", logging.ERROR, __file__, 0, "%s", (text,), None)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
+def _distribution_kind(d: Any) -> str:
+    """An Optuna distribution as the Hydra sweep syntax that makes it (``choice(...)``,
+    ``interval(...)``, ``tag(log, interval(...))``, ``range(...)``)."""
+    name = type(d).__name__
+    if name == "CategoricalDistribution":
+        return f"choice({', '.join(map(str, d.choices))})"
+    interval = f"interval({d.low}, {d.high})" if hasattr(d, "low") else name
+    if name.startswith("Int"):
+        interval = f"int({interval})"
+    if "Log" in name:
+        return f"tag(log, {interval})"
+    if name == "DiscreteUniformDistribution":
+        return f"range({d.low}, {d.high}, step={d.q})"
+    return interval if hasattr(d, "low") else name
+
+
+def check_study_parameters(config: DictConfig) -> None:
+    """Before an Optuna search adds trials to an existing study, check that every searched
+    parameter keeps the kind (and, for ``choice``, the values) it has in the study's earlier
+    trials; Optuna itself fails mid-search with a bare ``ValueError`` traceback.
+
+    Raises:
+        CharLMError: naming the parameter, the study's kind and this search's kind.
+    """
+    sweeper = OmegaConf.select(config, "hydra.sweeper")
+    storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+    if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower() or not isinstance(storage, str):
+        return
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+        return  # a new study
+    try:
+        import optuna
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    except ImportError:  # pragma: no cover - the sweeps extra is missing; Hydra says so
+        return
+    name = str(sweeper.get("study_name"))
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    searched, fixed = create_params_from_overrides(params + [str(o) for o in config.hydra.overrides.task])
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # no such study in this storage yet
+        return
+    from optuna.distributions import check_distribution_compatibility
+
+    seen: dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for key, dist in trial.distributions.items():
+            seen.setdefault(key, dist)
+    for key, new in searched.items():
+        old = seen.get(key)
+        if old is None or key in fixed:
+            continue
+        try:
+            check_distribution_compatibility(old, new)
+        except ValueError:
+            raise CharLMError(
+                f"{key}: the Optuna study '{name}' ({storage}) searches it as {_distribution_kind(old)}, this search as "
+                f"{_distribution_kind(new)}; a study keeps each parameter's kind and choices. Search it as before, "
+                f"or give this search its own study: hydra.sweeper.study_name={name}-2"
+            ) from None
+
+
 class JobReport(Callback):
     """Hydra callback (``hydra.callbacks``) for sweeps.
 
     * ``on_multirun_start``: creates the folder of a ``sqlite:///`` Optuna storage (SQLite does
-      not create parent folders).
-    * ``on_job_end``: writes ``<job dir>/job_status.yaml`` (``status``, ``overrides``, ``value`` or
-      ``error``; ``INTERRUPTED`` for a job stopped by SIGINT/SIGTERM) and logs a failed job with its overrides and run dir. Hydra's BasicLauncher runs
-      the remaining jobs of the batch after a failure, then exits non-zero with the first error.
+      not create parent folders) and checks that an Optuna search keeps the kinds of the
+      parameters already in its study (:func:`check_study_parameters`: an ``error:`` line, exit 2).
+    * ``on_job_end``: in a multirun, reports a failed job in one line (``job N FAILED (...)``; its
+      traceback goes to the job's log file only, and Hydra's own banner and traceback are left
+      out) or an interrupted one (``INTERRUPTED``); writes ``<job dir>/job_status.yaml`` when the
+      app did not (:func:`write_job_status`). Hydra's BasicLauncher runs the remaining jobs of the
+      batch after a failure, then exits non-zero with the first failure.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
         if isinstance(storage, str) and storage.startswith("sqlite:///"):
             Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl").addFilter(_DropOptunaFailureLines())
+        try:
+            check_study_parameters(config)
+        except CharLMError as e:  # Hydra turns a callback's exception into a warning: stop here
+            import sys
+
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
+        from charlm.cli.common import shown_path
 
         out = Path(str(config.hydra.runtime.output_dir))
         overrides = list(job_return.overrides or [])
         # a single run has no job number, and reports its own errors (charlm.cli.common.clean_errors)
         multirun = _is_multirun(config.hydra)
         err = job_return._return_value if job_return.status == JobStatus.FAILED else None
-        if type(err).__name__ == "TrainingInterrupted":  # stopped by a signal, last.ckpt written
-            write_job_status(out, "INTERRUPTED", overrides, error=str(err))
-            if multirun:
-                log.warning("job %s INTERRUPTED (%s): %s; resume with %s",
-                            config.hydra.job.num, " ".join(overrides), err, command("charlm-train", resume=out))
-        elif job_return.status == JobStatus.FAILED:
-            error = f"{type(err).__name__}: {err}"
+        interrupted = type(err).__name__ == "TrainingInterrupted"  # stopped by a signal, last.ckpt written
+        error = f"{type(err).__name__}: {err}" if err is not None and not interrupted else None
+        if multirun and interrupted:
+            log.warning("job %s INTERRUPTED (%s): %s; resume with %s",
+                        config.hydra.job.num, " ".join(overrides), err, command("charlm-train", resume=shown_path(out)))
+        elif multirun and error:
+            log.error("job %s FAILED (%s): %s; run dir %s", config.hydra.job.num, " ".join(overrides), error, shown_path(out))
+            if not isinstance(err, CharLMError):
+                _log_traceback_to_files(f"job {config.hydra.job.num}: " + "".join(traceback.format_exception(err)))
+        if multirun and job_return.status == JobStatus.FAILED:
+            job_return.__class__ = _ReportedJobReturn
+            job_return._return_value = SweepJobFailed(f"job {config.hydra.job.num} failed: {error or err}")
+            sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+            job_return._exit_on_read = sweeper.endswith("BasicSweeper")
+        if is_recorded(out) or int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) > 0:
+            return  # the app recorded the run itself (global rank 0 only)
+        if interrupted:
+            write_job_status(out, "INTERRUPTED", overrides, error=str(err), step=err.step)
+        elif error:
             write_job_status(out, "FAILED", overrides, error=error)
-            if multirun:
-                log.error("job %s FAILED (%s): %s; run dir %s", config.hydra.job.num, " ".join(overrides), error, out)
-                if not isinstance(err, CharLMError):
-                    log.debug("".join(traceback.format_exception(err)))
         else:
             value = job_return._return_value
             write_job_status(out, job_return.status.name, overrides, value=float(value) if isinstance(value, (int, float)) else None)
-
-
-def write_job_status(run_dir: Path, status: str, overrides: list[str], value: float | None = None,
-                     error: str | None = None) -> None:
-    """Write ``<run_dir>/job_status.yaml``: ``status`` (COMPLETED, FAILED, INTERRUPTED), the
-    job's ``overrides``, and ``value`` (the objective) or ``error`` (``"<type>: <message>"``).
-    Never raises: a run dir that cannot be written is logged."""
-    data: dict[str, Any] = {"status": status, "overrides": list(overrides)}
-    if error is not None:
-        data["error"] = error
-    elif status == "COMPLETED":
-        data["value"] = value
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(data), run_dir / JOB_STATUS_FILE)
-    except OSError as e:  # pragma: no cover - read-only or vanished run dir
-        log.warning("could not write %s: %s", run_dir / JOB_STATUS_FILE, e)

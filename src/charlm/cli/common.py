@@ -390,6 +390,17 @@ def pick_device(name: Any, option: str = "device"):
     return dev
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as charlm prints it: relative to the current directory when it lies under it
+    (``outputs/train/runs/...``, as the README shows it), else absolute. Symbolic links are not
+    resolved, so a path the user typed stays recognisable."""
+    p = Path(os.path.abspath(path))
+    try:
+        return str(p.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(p)
+
+
 def is_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -440,10 +451,12 @@ def clean_errors(task):
 def _record_failure(e: CharLMError) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from charlm.sweeps import write_job_status
+    from charlm.sweeps import is_recorded, write_job_status
 
     try:
         hc = HydraConfig.get()
     except ValueError:  # not run by Hydra (plain python use)
+        return
+    if is_recorded(str(hc.runtime.output_dir)):  # the app recorded how its run ended itself
         return
     write_job_status(Path(str(hc.runtime.output_dir)), "FAILED", list(hc.overrides.task), error=f"{type(e).__name__}: {e}")

@@ -18,10 +18,10 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from charlm.checkpoint import AtomicCheckpointIO
-from charlm.cli.common import clean_errors, command, fix_argv, is_multirun, utf8_stdout
+from charlm.cli.common import clean_errors, command, fix_argv, is_multirun, shown_path, user_error, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
@@ -29,7 +29,7 @@ from charlm.model.module import CharLM
 from charlm.options import Opt, check_options
 from charlm.training import resume
 from charlm.training.callbacks import FinalValidation, LastCheckpoint
-from charlm.sweeps import finish_wandb, name_wandb_run, objective
+from charlm.sweeps import finish_wandb, mark_recorded, name_wandb_run, objective, write_job_status
 
 log = logging.getLogger("charlm.train")
 
@@ -153,12 +153,46 @@ def log_config(trainer: L.Trainer, cfg: DictConfig, module: CharLM) -> None:
         lg.log_hyperparams(params)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+#: Step intervals a run shorter than them would never reach, and what each one writes. (Every
+#: run validates and writes last.ckpt after its last step anyway: FinalValidation, LastCheckpoint.)
+STEP_INTERVALS = {
+    "trainer.log_every_n_steps": "train metrics in csv/metrics.csv and W&B",
+}
+
+
+def fit_intervals_to_run(cfg: DictConfig) -> list[str]:
+    """Clamp every step interval of :data:`STEP_INTERVALS` that exceeds ``trainer.max_steps`` to
+    it, in place, so that a run shorter than an interval still logs at its last step instead of
+    writing none of it (``trainer.max_steps=20`` with the default ``log_every_n_steps=25``: no
+    train rows in metrics.csv). Fractional intervals and runs without ``max_steps`` are left
+    alone. Returns the notes it logged, one per clamped interval."""
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps")
+    if not isinstance(max_steps, int) or max_steps <= 0:
+        return []
+    notes = []
+    with open_dict(cfg):
+        for key, what in STEP_INTERVALS.items():
+            value = OmegaConf.select(cfg, key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > max_steps:
+                OmegaConf.update(cfg, key, max_steps, merge=False)
+                notes.append(f"{key}={value} is longer than the run (trainer.max_steps={max_steps}): "
+                             f"using {max_steps}, so the last step still writes its {what}")
+    for n in notes:
+        log.info(n)
+    return notes
+
+
+def train(cfg: DictConfig, record: dict[str, Any] | None = None) -> dict[str, float]:
     """Run one training from a composed config; returns the final metrics (``val/loss``,
     ``val/bpc``, ``val/ppl`` when a val split exists, ``best/val_bpc``).
 
     SIGINT and SIGTERM are caught from the start (data preparation and logger set-up included):
     see :class:`~charlm.training.resume.StopControl`.
+
+    ``record``, when given, is filled with what the run's ``job_status.yaml`` needs, as soon as
+    it is known: ``overrides`` (the run's own), ``resume`` (``{"overrides", "from_step"}`` when
+    this is a ``resume=``), ``trainer`` (once built), ``stopped`` (``stop_after_steps=N`` when the
+    run stopped there before ``trainer.max_steps``).
 
     Raises:
         resume.TrainingInterrupted: after a run stopped by SIGINT/SIGTERM (``last.ckpt`` of the
@@ -167,26 +201,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_options(cfg, OPTIONS)
     stop = resume.StopControl(cfg.get("stop_after_steps"))
     with stop.catching_signals():
-        return _train(cfg, stop)
+        return _train(cfg, stop, {} if record is None else record)
 
 
-def _train(cfg: DictConfig, stop: resume.StopControl) -> dict[str, float]:
+def _train(cfg: DictConfig, stop: resume.StopControl, record: dict[str, Any]) -> dict[str, float]:
     resume.check_multirun_ddp(cfg)
     overrides = resume.current_overrides(cfg)
+    record["overrides"] = list(overrides)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
-        ckpt_path = str(resume.find_checkpoint(ckpt_path)[0])  # a missing checkpoint is an error
+        ckpt_path = str(resume.find_checkpoint(ckpt_path, option="ckpt_path")[0])  # a missing checkpoint is an error
     if cfg.get("resume"):
         if cfg.get("init_from"):
             raise CharLMError("resume= and init_from= exclude each other: resume continues a run, init_from starts a new one")
+        invocation = list(overrides)
         cfg, found, overrides = resume.prepare_resume(cfg)
         ckpt_path = str(found)
+        record.update(overrides=list(overrides), resume={"overrides": invocation, "from_step": resume.checkpoint_step(found)})
+    fit_intervals_to_run(cfg)
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     if not cfg.get("resume"):
         resume.check_new_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     dm, module, trainer = build(cfg, overrides, stop)
+    record["trainer"] = trainer
     if cfg.get("init_from"):
         resume.load_initial_weights(module, cfg.init_from)
     if cfg.get("resume"):
@@ -222,6 +261,8 @@ def _train(cfg: DictConfig, stop: resume.StopControl) -> dict[str, float]:
         metrics["best/val_loss"] = best
         metrics["best/val_bpc"] = best / math.log(2)
     stopped = stop.reason if stopped_early else None
+    if stopped and stopped not in ("SIGINT", "SIGTERM"):
+        record["stopped"] = f"{stopped} (trainer.max_steps={trainer.max_steps})"
     if trainer.is_global_zero:
         summarize(cfg, trainer, module, metrics, wall, stopped)
     if stopped in ("SIGINT", "SIGTERM"):
@@ -247,7 +288,7 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
     from charlm.sampling.sampler import sample
 
     console = Console(highlight=False, soft_wrap=True)
-    out = Path(cfg.paths.output_dir)
+    out = Path(shown_path(cfg.paths.output_dir))
     step = trainer.global_step
     if stopped in ("SIGINT", "SIGTERM"):
         console.rule(f"[bold]charlm: training interrupted at step {step:,} ({stopped})")
@@ -276,12 +317,12 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
     say = lambda line: console.print(line, markup=False, emoji=False)  # noqa: E731 - paths verbatim
     say(f"run dir:     {out}")
     last, ckdir, lines = checkpoints_on_disk(trainer, out)
-    say(f"checkpoints: {ckdir}: " + "; ".join(lines) if lines else "checkpoints: none written")
+    say(f"checkpoints: {shown_path(ckdir)}: " + "; ".join(lines) if lines else "checkpoints: none written")
     wandb_dir = out / "wandb"
     if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers) and wandb_dir.is_dir():
         say(f"W&B files:   {wandb_dir} (offline; upload with `wandb sync {wandb_dir}/offline-run-*`)")
     if last is not None:
-        say(f"sample it:   {command('charlm-sample', ckpt=last)}")
+        say(f"sample it:   {command('charlm-sample', ckpt=shown_path(last))}")
     if stopped and last is not None:
         say(f"resume it:   {command('charlm-train', resume=out)}")
     elif stopped:
@@ -322,17 +363,52 @@ def hydra_main(cfg: DictConfig) -> float | None:
     name_wandb_run(cfg)
     metrics = None
     interrupted = None
+    record: dict[str, Any] = {}
     try:
-        metrics = train(cfg)
-    except resume.TrainingInterrupted as e:
-        interrupted = e
-    finally:
-        finish_wandb(metrics, failed=metrics is None)
+        try:
+            metrics = train(cfg, record)
+        except resume.TrainingInterrupted as e:
+            interrupted = e
+        finally:
+            finish_wandb(metrics, failed=metrics is None)
+        value = objective(metrics) if interrupted is None else None
+    except (Exception, KeyboardInterrupt) as e:
+        record_status(cfg, record, error=e)
+        raise
+    record_status(cfg, record, value=value, interrupted=interrupted)
     if interrupted is not None:
         if is_multirun():
             raise interrupted
         sys.exit(interrupted.exit_code)
-    return objective(metrics)
+    return value
+
+
+def record_status(cfg: DictConfig, record: dict[str, Any], value: float | None = None,
+                  interrupted: resume.TrainingInterrupted | None = None, error: BaseException | None = None) -> None:
+    """Write the run's ``job_status.yaml`` (:func:`charlm.sweeps.write_job_status`) from what
+    :func:`train` put in ``record``: COMPLETED, STOPPED (``stop_after_steps``), INTERRUPTED
+    (SIGINT/SIGTERM, or a second Ctrl-C) or FAILED (``error``). A ``resume=`` refused before
+    training started leaves the resumed run's record as it was."""
+    trainer = record.get("trainer")
+    step = int(trainer.global_step) if trainer is not None else None
+    if trainer is not None and not trainer.is_global_zero:
+        return
+    rec_resume = record.get("resume")
+    out = cfg.paths.output_dir
+    if error is not None and trainer is None and cfg.get("resume"):
+        mark_recorded(out)  # nothing of the run changed: its own record stands
+        return
+    overrides = record.get("overrides", resume.current_overrides(cfg))
+    if interrupted is not None or isinstance(error, KeyboardInterrupt):
+        message = str(interrupted) if interrupted is not None else f"training aborted by a second Ctrl-C at step {step}"
+        write_job_status(out, "INTERRUPTED", overrides, step=step, error=message, resume=rec_resume)
+    elif error is not None:
+        error = user_error(error) or error  # charlm's own message, not Hydra's instantiate wrapper
+        write_job_status(out, "FAILED", overrides, step=step, error=f"{type(error).__name__}: {error}", resume=rec_resume)
+    elif record.get("stopped"):
+        write_job_status(out, "STOPPED", overrides, value=value, step=step, reason=record["stopped"], resume=rec_resume)
+    else:
+        write_job_status(out, "COMPLETED", overrides, value=value, step=step, resume=rec_resume)
 
 
 class _DropAdverts(logging.Filter):

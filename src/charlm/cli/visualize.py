@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, decode_escapes, fix_argv, pick_device, utf8_stdout
+from charlm.cli.common import clean_errors, decode_escapes, fix_argv, pick_device, shown_path, utf8_stdout
 from charlm.config import config_dir
 from charlm.data.corpus import prepare_corpus, read_text
 from charlm.data.streams import split_bounds
@@ -118,7 +118,7 @@ def run(cfg: DictConfig) -> list[Path]:
         path, _ = visualize_samples(cfg.samples, out)
         paths.append(path)
     for p in paths:
-        print(p)
+        print(shown_path(p))
     return paths
 
 

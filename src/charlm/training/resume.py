@@ -49,16 +49,18 @@ TRANSIENT = ("resume", "stop_after_steps", "allow_changes", "init_from", "ckpt_p
 
 
 # ---------------------------------------------------------------------- checkpoints and run dirs
-def find_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
-    """``(checkpoint file, run dir)`` for ``resume=<target>``.
+def find_checkpoint(target: str | Path, option: str = "resume") -> tuple[Path, Path | None]:
+    """``(checkpoint file, run dir)`` for ``<option>=<target>`` (``resume=`` or ``ckpt_path=``).
 
     ``target`` is a run dir (its ``checkpoints/last.ckpt`` is used), a ``checkpoints`` folder,
     or a ``.ckpt`` file. The run dir is the folder above ``checkpoints/`` (``None`` when the
     checkpoint does not sit in a run dir's ``checkpoints/`` folder).
 
     Raises:
-        CharLMError: if no checkpoint is found (a resume never silently starts from scratch).
+        CharLMError: if no checkpoint is found (a resume never silently starts from scratch),
+            naming ``option`` as the user gave it.
     """
+    undo = "to start a new run drop resume=" if option == "resume" else f"give an existing .ckpt file or drop {option}="
     p = Path(str(target)).expanduser()
     if p.is_dir():
         for c in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
@@ -67,11 +69,11 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path | None]:
                 break
         else:
             raise CharLMError(
-                f"resume={target}: no checkpoint found (looked for checkpoints/last.ckpt and last.ckpt under it). "
-                "Give a run dir that has written a checkpoint, or a .ckpt file; to start a new run drop resume=."
+                f"{option}={target}: no checkpoint found (looked for checkpoints/last.ckpt and last.ckpt under it). "
+                f"Give a run dir that has written a checkpoint, or a .ckpt file; {undo}."
             )
     elif not p.is_file():
-        raise CharLMError(f"resume={target}: no such run dir or checkpoint file; to start a new run drop resume=.")
+        raise CharLMError(f"{option}={target}: no such run dir or checkpoint file; {undo}.")
     p = p.resolve()
     run_dir = p.parent.parent if p.parent.name == "checkpoints" else None
     return p, run_dir
@@ -875,11 +877,11 @@ class StopControl(L.Callback):
             return
         last.write_last(trainer)  # during a validation: when it ends
         if trainer.is_global_zero:
-            from charlm.cli.common import command
+            from charlm.cli.common import command, shown_path
 
             log.warning("stopping after step %d (%s), saved to %s. Continue with: %s",
-                        trainer.global_step, reason or "another rank was signalled", last.last_path,
-                        command("charlm-train", resume=trainer.default_root_dir))
+                        trainer.global_step, reason or "another rank was signalled", shown_path(last.last_path),
+                        command("charlm-train", resume=shown_path(trainer.default_root_dir)))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._first_batch = True

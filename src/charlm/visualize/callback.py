@@ -57,11 +57,13 @@ class VisualizeCells(L.Callback):
             pl_module.net, Vocab(pl_module.vocab), text, out,
             subtitle=f"{split} split from character {start:,}, after {trainer.global_step:,} steps.",
         )
-        log.info("cells page: %s", res.html_path)
+        from charlm.cli.common import shown_path
+
+        log.info("cells page: %s", shown_path(res.html_path))
         samples = None
         if (self.output_dir / "samples.txt").is_file():
             samples = visualize_samples(self.output_dir / "samples.txt", out)
-            log.info("samples timeline: %s", samples[0])
+            log.info("samples timeline: %s", shown_path(samples[0]))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import wandb
