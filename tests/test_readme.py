@@ -198,7 +198,7 @@ def readme_units(text: str | None = None) -> list[Unit]:
         elif b.lines and b.lines[0].startswith("$ "):
             assert units, f"README.md line {b.line}: a quoted output with no bash block above it"
             cmd = one_word_placeholders(b.lines[0][2:].strip())
-            units[-1].commands.append(Command(b.line + 1, shlex.join(shlex.split(cmd)), quoted=b.lines[1:]))
+            units[-1].commands.append(Command(b.line + 1, shlex.join(shlex.split(cmd, comments=True)), quoted=b.lines[1:]))
     return units
 
 
