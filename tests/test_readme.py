@@ -344,6 +344,7 @@ _RULE = "─"
 def shape(line: str) -> str:
     line = re.sub(r"`[^`]*`", "`_`", line)
     line = _NUMBER.sub("#", line)
+    line = re.sub(r"([^\s,]+)(, \1)+", r"\1", line)  # a list of same-shaped items (best-k files) is one item
     return " ".join(line.replace(_RULE, " ").split())
 
 
@@ -541,6 +542,11 @@ def test_shapes_ignore_numbers_and_code_but_not_fields():
     with pytest.raises(AssertionError, match="does not print"):  # order matters
         assert_same_shape(list(reversed(exp[:2])), out, "test")
     assert_same_shape([".../warpeace/input.txt [val]: loss 1.2 nats/char"], "/x/y/warpeace/input.txt [val]: loss 3.1 nats/char", "t")
+    # a list of same-shaped items has the shape of one item, however long (three best-k files vs one)
+    assert_same_shape(["best by val/loss: step001500-val_loss1.4908.ckpt, step001750-val_loss1.4824.ckpt"],
+                      "best by val/loss: step000008-val_loss4.1453.ckpt", "t")
+    with pytest.raises(AssertionError, match="does not print"):
+        assert_same_shape(["best by val/loss: step001500-val_loss1.4908.ckpt"], "best by val/loss: none", "t")
 
 
 def test_shrink_scales_steps_and_keeps_what_the_command_sets():
