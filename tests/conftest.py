@@ -91,3 +91,12 @@ def compose():
     """``compose(config_name, output_dir, overrides)`` -> composed config (see :func:`compose_cfg`)."""
     yield compose_cfg
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def _own_wandb_service(monkeypatch):
+    """Each command a test runs starts its own wandb-core, as a user's command does. A W&B run
+    started inside this pytest process sets ``WANDB_SERVICE``, which subprocesses would inherit and
+    then share one core: a run SIGKILLed by a test would stay registered there, and resuming it
+    would fail with 'run ID ... is in use'."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
