@@ -100,3 +100,15 @@ def _own_wandb_service(monkeypatch):
     then share one core: a run SIGKILLed by a test would stay registered there, and resuming it
     would fail with 'run ID ... is in use'."""
     monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test: tiny runs on a small shared machine are faster
+    without threads."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -53,13 +53,8 @@ TINY = FAST_TRAIN + [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny runs on a small shared machine are faster without threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: One intra-op thread for every test here (conftest's ``one_thread``).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(app: str, *args: str, env: dict | None = None, timeout: int = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -15,13 +15,8 @@ from charlm.training import schedulers
 from conftest import FAST_TRAIN
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny runs on a small shared machine are faster without threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: One intra-op thread for every test here (conftest's ``one_thread``).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
