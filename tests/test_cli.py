@@ -391,3 +391,22 @@ def test_lightning_product_tips_are_not_printed(tmp_path):
         rank_zero.removeHandler(handler)
         rank_zero.filters[:] = filters
         rank_zero.setLevel(level)
+
+
+def test_charlm_eval_of_a_checkpoint_prints_the_val_loss_its_training_run_printed(tmp_path, capfd, small_corpus):
+    """The numbers of the README's Results table: the training summary's final val loss is the
+    loss ``charlm-eval`` prints for the run's ``last.ckpt`` (same split, whole of it, printed to
+    the same 4 decimals), although evaluation reads the split as another number of streams."""
+    run = tmp_path / "run"
+    code, out, err = run_app("train", capfd, *FAST_TRAIN, "data=file", f"data.path={small_corpus}",
+                             "trainer.max_steps=30", "trainer.limit_val_batches=null", "data.eval_batch_size=4",
+                             "callbacks.samples.length=0", "~callbacks.visualize", f"hydra.run.dir={run}")
+    assert code == 0, err
+    reported = re.search(r"final val loss \(step 30\): (\d+\.\d{4}) nats/char, bpc (\d+\.\d{4})", out)
+    assert reported, out
+    code, out, err = run_app("eval", capfd, f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "split=val", "batch_size=16",
+                             f"hydra.run.dir={tmp_path / 'eval'}")
+    assert code == 0, err
+    evaluated = re.search(r"\[val\]: loss (\d+\.\d{4}) nats/char \| bpc (\d+\.\d{4}) \| .* \| 16 streams", out)
+    assert evaluated, out
+    assert evaluated.groups() == reported.groups()
