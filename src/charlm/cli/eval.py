@@ -20,12 +20,10 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, fix_argv, pick_device, utf8_stdout
-from charlm.config import config_dir
+from charlm.cli.common import hydra_app, pick_device
 from charlm.data.corpus import prepare_corpus
 from charlm.data.streams import EVAL_BURN_IN, split_bounds
 from charlm.errors import CharLMError
@@ -106,16 +104,7 @@ def run(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-@clean_errors
-def hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    utf8_stdout()
-    fix_argv("eval")
-    hydra_main()
+hydra_main, main = hydra_app("eval", run)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,10 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
-from charlm.config import config_dir
+from charlm.cli.common import hydra_app
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
 from charlm.options import Opt, check_options
@@ -93,16 +91,7 @@ def run(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="ngram")
-@clean_errors
-def hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    utf8_stdout()
-    fix_argv("ngram")
-    hydra_main()
+hydra_main, main = hydra_app("ngram", run)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,10 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, decode_escapes, fix_argv, pick_device, utf8_stdout
-from charlm.config import config_dir
+from charlm.cli.common import decode_escapes, hydra_app, pick_device
 from charlm.data.vocab import describe_chars
 from charlm.errors import CharLMError
 from charlm.options import Opt, check_options
@@ -149,16 +147,7 @@ def report_novelty(cfg: DictConfig, texts: list[str], prime: str, data: dict) ->
     return r
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="sample")
-@clean_errors
-def hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    utf8_stdout()
-    fix_argv("sample")
-    hydra_main()
+hydra_main, main = hydra_app("sample", run)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, decode_escapes, fix_argv, pick_device, shown_path, utf8_stdout
-from charlm.config import config_dir
+from charlm.cli.common import decode_escapes, hydra_app, pick_device, shown_path
 from charlm.data.corpus import prepare_corpus, read_text
 from charlm.data.streams import split_bounds
 from charlm.errors import CharLMError
@@ -122,16 +120,7 @@ def run(cfg: DictConfig) -> list[Path]:
     return paths
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="visualize")
-@clean_errors
-def hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    utf8_stdout()
-    fix_argv("visualize")
-    hydra_main()
+hydra_main, main = hydra_app("visualize", run)
 
 
 if __name__ == "__main__":
