@@ -45,6 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from charlm.errors import CharLMError
+from charlm.evaluation.metrics import loss_to_metrics
 
 
 #: The discount schemes: one discount per order, or Chen & Goodman's modified three.
@@ -250,8 +251,7 @@ class KneserNeyLM:
         lp = self.log_probs(ids)
         nats = float(-lp.sum())
         loss = nats / lp.shape[0]
-        return {"loss": loss, "bpc": loss / math.log(2), "ppl": math.exp(min(loss, 700.0)),
-                "chars": int(lp.shape[0]), "nats": nats}
+        return {**loss_to_metrics(loss), "chars": int(lp.shape[0]), "nats": nats}
 
     def distribution(self, context: Sequence[int] | np.ndarray) -> np.ndarray:
         """``p(. | context)``: float64 ``[V]`` over the whole vocabulary (sums to 1); only the

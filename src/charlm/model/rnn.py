@@ -7,7 +7,6 @@ windows (training), across characters (sampling) and across ranks (checkpointing
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -296,7 +295,3 @@ class CharRNN(nn.Module):
         macs += self.hidden_size * self.vocab_size
         return 2 * 3 * macs
 
-
-def nats_to_bits(loss: float | torch.Tensor):
-    """Convert a cross-entropy from nats to bits (divide by ln 2)."""
-    return loss / math.log(2)
