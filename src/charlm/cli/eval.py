@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.common import hydra_app, pick_device
 from charlm.data.corpus import prepare_corpus
-from charlm.data.streams import EVAL_BURN_IN, split_bounds
+from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
 from charlm.options import Opt, check_options
@@ -37,7 +37,7 @@ log = logging.getLogger("charlm.eval")
 CORPUS_OPTIONS = {"path": "file", "encoding": "encoding"}
 #: charlm-eval's options with a type or range (``device``: :func:`~charlm.cli.common.pick_device`).
 OPTIONS = {
-    "split": Opt(str, choices=("train", "val", "test")),
+    "split": Opt(str, choices=SPLITS),
     "batch_size": Opt(int, min=1),
     "seq_len": Opt(int, min=1),
     "burn_in": Opt(int, min=0),
@@ -75,10 +75,10 @@ def run(cfg: DictConfig) -> dict:
         corpus = prepare_corpus(source, encoding, newline, cache_dir, options=CORPUS_OPTIONS)
         if data.get("sha256") and corpus.sha256 != data["sha256"]:
             log.warning("%s changed since training (sha256 differs): its splits may not be the ones trained on", source)
-        b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[("train", "val", "test").index(split)]
-        if e - b < 2:
+        ids, context = split_of(corpus.ids, data.get("splits", DEFAULT_SPLITS), split)
+        if len(ids) < 2:
             raise CharLMError(f"the {split} split of {source} is empty (data.splits={data.get('splits')}); choose another split")
-        ids, context, what = corpus.ids[b:e], corpus.ids[:b], f"{source} [{split}]"
+        what = f"{source} [{split}]"
     burn_in = int(cfg.get("burn_in", EVAL_BURN_IN))
     result = evaluate(
         net, ids, batch_size=int(cfg.batch_size), seq_len=int(cfg.seq_len), remap=remap_ids(corpus, vocab),

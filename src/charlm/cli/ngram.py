@@ -20,13 +20,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from charlm.cli.common import hydra_app
+from charlm.data.streams import SPLITS
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
 from charlm.options import Opt, check_options
 
 log = logging.getLogger("charlm.ngram")
 
-SPLITS = ("train", "val", "test")
 #: charlm-ngram's options with a type or range (``data.*`` as in charlm-train).
 OPTIONS = {
     "order": Opt(int, min=1),

@@ -20,14 +20,13 @@ from omegaconf import DictConfig
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.common import decode_escapes, hydra_app, pick_device, shown_path
 from charlm.data.corpus import prepare_corpus, read_text
-from charlm.data.streams import split_bounds
+from charlm.data.streams import DEFAULT_SPLITS, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.options import Opt, check_options
 from charlm.visualize.build import visualize_samples, visualize_text
 
 log = logging.getLogger("charlm.visualize")
 
-SPLITS = ("train", "val", "test")
 #: charlm-visualize's options with a type or range (``device``: :func:`~charlm.cli.common.pick_device`).
 OPTIONS = {
     "split": Opt(str, choices=SPLITS),
@@ -71,13 +70,12 @@ def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
             "charlm-visualize ckpt=... text=<file or string>"
         )
     corpus = prepare_corpus(source, encoding, newline, cfg.paths.get("cache_dir"), options={"encoding": "encoding"})
-    b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[SPLITS.index(split)]
+    ids, _ = split_of(corpus.ids, data.get("splits", DEFAULT_SPLITS), split)
     offset = int(cfg.get("offset") or 0)
-    if offset < 0 or b + offset >= e:
-        raise CharLMError(f"offset={offset} is outside the {split} split ({e - b:,} characters)")
-    n = int(cfg.max_chars) if cfg.get("max_chars") is not None else e - b - offset
-    ids = corpus.ids[b + offset : min(e, b + offset + n)]
-    return corpus.vocab.decode(ids), f"{source} [{split}, from character {offset:,}]"
+    if offset < 0 or offset >= len(ids):
+        raise CharLMError(f"offset={offset} is outside the {split} split ({len(ids):,} characters)")
+    n = int(cfg.max_chars) if cfg.get("max_chars") is not None else len(ids) - offset
+    return corpus.vocab.decode(ids[offset : offset + n]), f"{source} [{split}, from character {offset:,}]"
 
 
 def run(cfg: DictConfig) -> list[Path]:

@@ -11,13 +11,11 @@ from typing import Any
 import lightning as L
 
 from charlm.data.corpus import PreparedCorpus, prepare_corpus, resolve_corpus_path
-from charlm.data.streams import EVAL_BURN_IN, BPTTLoader, split_bounds
+from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, BPTTLoader, split_bounds, split_of
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 class CharDataModule(L.LightningDataModule):
@@ -61,7 +59,7 @@ class CharDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         encoding: str = "utf-8",
         newline: str = "normalize",
-        splits: Sequence[float] = (0.9, 0.05, 0.05),
+        splits: Sequence[float] = DEFAULT_SPLITS,
         batch_size: int = 64,
         seq_len: int = 128,
         eval_batch_size: int | None = None,
@@ -128,18 +126,12 @@ class CharDataModule(L.LightningDataModule):
 
     def split_ids(self, split: str):
         """``[N_split]`` ids of one split (a memory-map slice)."""
-        corpus = self.prepare()
-        assert self.bounds is not None
-        b, e = self.bounds[SPLITS.index(split)]
-        return corpus.ids[b:e]
+        return split_of(self.prepare().ids, self.splits, split)[0]
 
     def preceding_ids(self, split: str):
         """``[M]`` ids of the text before one split (a memory-map slice; empty for train): what
         its first evaluation stream reads as burn-in."""
-        corpus = self.prepare()
-        assert self.bounds is not None
-        b, _ = self.bounds[SPLITS.index(split)]
-        return corpus.ids[:b]
+        return split_of(self.prepare().ids, self.splits, split)[1]
 
     def config(self) -> dict[str, Any]:
         """Plain-typed description of the data, stored in checkpoints (for eval and resume)."""
@@ -169,7 +161,7 @@ class CharDataModule(L.LightningDataModule):
         # error before the first step (not after training up to the first validation).
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(str(stage), ())
         for split in wanted:
-            if self._enabled(split):
+            if self.has_split(split):
                 self.loader(split)
 
     def _rank(self) -> tuple[int, int]:
@@ -211,16 +203,17 @@ class CharDataModule(L.LightningDataModule):
                 )
         return self._loaders[split]
 
-    def _enabled(self, split: str) -> bool:
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` is enabled (its fraction in ``data.splits`` is not 0)."""
         return self.splits[SPLITS.index(split)] > 0
 
     def train_dataloader(self) -> BPTTLoader:
         return self.loader("train")
 
     def val_dataloader(self):
-        return self.loader("val") if self._enabled("val") else []
+        return self.loader("val") if self.has_split("val") else []
 
     def test_dataloader(self):
-        if not self._enabled("test"):
+        if not self.has_split("test"):
             raise CharLMError("the test split is disabled (data.splits has test fraction 0); evaluate split=val instead")
         return self.loader("test")

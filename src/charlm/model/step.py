@@ -31,7 +31,6 @@ constant: nothing earlier is ever read again; the state is carried.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from charlm.errors import CharLMError
 from charlm.model.rnn import CharRNN, State
