@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.common import hydra_app, pick_device
-from charlm.data.corpus import prepare_corpus
+from charlm.data.corpus import naming_options, prepare_corpus
 from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
@@ -33,7 +33,7 @@ from charlm.evaluation.evaluate import evaluate, remap_ids
 
 log = logging.getLogger("charlm.eval")
 
-#: This app's names for the corpus options that error messages mention (training's are ``data.*``).
+#: This app's names for the corpus settings that errors concern (training's are ``data.*``).
 CORPUS_OPTIONS = {"path": "file", "encoding": "encoding"}
 #: charlm-eval's options with a type or range (``device``: :func:`~charlm.cli.common.pick_device`).
 OPTIONS = {
@@ -62,7 +62,8 @@ def run(cfg: DictConfig) -> dict:
     newline = data.get("newline", "normalize")
     cache_dir = cfg.paths.get("cache_dir")
     if cfg.get("file"):
-        corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir, options=CORPUS_OPTIONS)
+        with naming_options(CORPUS_OPTIONS):
+            corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir)
         ids, context, what = corpus.ids, None, str(corpus.source)
     else:
         split = str(cfg.split)
@@ -72,7 +73,8 @@ def run(cfg: DictConfig) -> dict:
                 f"the checkpoint's training corpus {source!r} is not available here; evaluate a file instead: "
                 "charlm-eval ckpt=... file=<text file>"
             )
-        corpus = prepare_corpus(source, encoding, newline, cache_dir, options=CORPUS_OPTIONS)
+        with naming_options(CORPUS_OPTIONS):
+            corpus = prepare_corpus(source, encoding, newline, cache_dir)
         if data.get("sha256") and corpus.sha256 != data["sha256"]:
             log.warning("%s changed since training (sha256 differs): its splits may not be the ones trained on", source)
         ids, context = split_of(corpus.ids, data.get("splits", DEFAULT_SPLITS), split)

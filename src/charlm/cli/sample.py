@@ -133,9 +133,12 @@ def report_novelty(cfg: DictConfig, texts: list[str], prime: str, data: dict) ->
     """Print (and write ``novelty.json``) how many sampled lines are not in the training split."""
     import json
 
+    from charlm.data.corpus import naming_options
+    from charlm.data.datamodule import CharDataModule
     from charlm.sampling import novelty as nv
 
-    train, whole, source = nv.corpus_lines(data, cfg.paths.get("cache_dir"))
+    with naming_options(CharDataModule.OPTIONS):  # the corpus as the checkpoint's training run set it
+        train, whole, source = nv.corpus_lines(data, cfg.paths.get("cache_dir"))
     lines, unfinished = nv.first_lines(texts, prime)
     r = nv.novelty(lines, train, whole, unfinished)
     r.update({"source": source, "prime": prime, "temperature": float(cfg.temperature), "seed": cfg.seed})

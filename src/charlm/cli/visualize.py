@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.common import decode_escapes, hydra_app, pick_device, shown_path
-from charlm.data.corpus import prepare_corpus, read_text
+from charlm.data.corpus import naming_options, prepare_corpus, read_text
 from charlm.data.streams import DEFAULT_SPLITS, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.options import Opt, check_options
@@ -27,6 +27,8 @@ from charlm.visualize.build import visualize_samples, visualize_text
 
 log = logging.getLogger("charlm.visualize")
 
+#: This app's names for the corpus settings that errors concern (training's are ``data.*``).
+CORPUS_OPTIONS = {"path": "text", "encoding": "encoding"}
 #: charlm-visualize's options with a type or range (``device``: :func:`~charlm.cli.common.pick_device`).
 OPTIONS = {
     "split": Opt(str, choices=SPLITS),
@@ -56,7 +58,8 @@ def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
         text = str(text)
         p = Path(text).expanduser()
         if len(text) < 4096 and p.is_file():
-            return read_text(p, encoding, newline, options={"path": "text", "encoding": "encoding"}), str(p)
+            with naming_options(CORPUS_OPTIONS):
+                return read_text(p, encoding, newline), str(p)
         if cfg.get("escapes"):
             text = decode_escapes(text, "text")
         return text, "the given text"
@@ -69,7 +72,8 @@ def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
             f"the checkpoint's training corpus {source!r} is not available here; give the text: "
             "charlm-visualize ckpt=... text=<file or string>"
         )
-    corpus = prepare_corpus(source, encoding, newline, cfg.paths.get("cache_dir"), options={"encoding": "encoding"})
+    with naming_options(CORPUS_OPTIONS):
+        corpus = prepare_corpus(source, encoding, newline, cfg.paths.get("cache_dir"))
     ids, _ = split_of(corpus.ids, data.get("splits", DEFAULT_SPLITS), split)
     offset = int(cfg.get("offset") or 0)
     if offset < 0 or offset >= len(ids):

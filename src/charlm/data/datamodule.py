@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 
-from charlm.data.corpus import PreparedCorpus, prepare_corpus, resolve_corpus_path
+from charlm.data.corpus import PreparedCorpus, naming_options, prepare_corpus, resolve_corpus_path
 from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, BPTTLoader, split_bounds, split_of
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
@@ -47,6 +47,9 @@ class CharDataModule(L.LightningDataModule):
         CharLMError: missing or undecodable corpus, bad split fractions, or a split too small
             for one batch (the message gives the numbers and the options to change).
     """
+
+    #: The options that set the corpus, named in its errors (:func:`~charlm.data.corpus.naming_options`).
+    OPTIONS = {"path": "data.path", "encoding": "data.encoding", "newline": "data.newline", "data_dir": "paths.data_dir"}
 
     def __init__(
         self,
@@ -98,12 +101,15 @@ class CharDataModule(L.LightningDataModule):
             return p
         if not download:
             return Path(self.data_dir).expanduser() / str(self.name) / self.filename
-        return resolve_corpus_path(str(self.name), self.filename, self.data_dir, self.url, self.sha256, self.cache_dir)
+        with naming_options(self.OPTIONS):
+            return resolve_corpus_path(str(self.name), self.filename, self.data_dir, self.url, self.sha256, self.cache_dir)
 
     def prepare(self) -> PreparedCorpus:
         """Locate, decode and cache the corpus (idempotent; a cache hit after the first call)."""
         if self.corpus is None:
-            self.corpus = prepare_corpus(self.corpus_path(), self.encoding, self.newline, self.cache_dir)
+            path = self.corpus_path()
+            with naming_options(self.OPTIONS):
+                self.corpus = prepare_corpus(path, self.encoding, self.newline, self.cache_dir)
             c = self.corpus
             self.bounds = split_bounds(c.num_chars, self.splits)
             sizes = ", ".join(f"{s} {e - b:,}" for s, (b, e) in zip(SPLITS, self.bounds))
