@@ -10,8 +10,8 @@ the whole text):
 3. id pass: decode again and map code points to ids with one lookup-table gather per chunk,
    writing ``ids.npy`` of the smallest unsigned dtype that fits.
 
-UTF-8, the default, takes a byte-level fast path (:mod:`charlm.data.utf8fast`: ~5x faster, same
-ids, vocabulary, counts and errors) whose count pass also computes the sha256, so the file is
+UTF-8, the default, takes a byte-level fast path (:mod:`charlm.data.utf8fast`; faster, with the
+same ids, vocabulary, counts and errors; BENCHMARKS.md has the speeds) whose count pass also computes the sha256, so the file is
 read twice instead of three times. Other codecs take the reference path above.
 
 The cache entry (``ids.npy``, ``vocab.json``, ``meta.json``) is written to a temporary folder

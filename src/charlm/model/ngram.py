@@ -105,7 +105,6 @@ class KneserNeyLM:
         self.keys, self.counts, self.denoms, self.gammas, self.discounts = [], [], [], [], []
         self.train_chars = n_chars
         prev_ids: np.ndarray | None = None  # order k-1 id of the n-gram ending at each position (from k-2)
-        prev_parent = np.zeros(1, dtype=np.int64)
         for k in range(1, self.order + 1):
             if n_chars < k:
                 break  # no n-gram this long: higher orders back off (their contexts are never seen)

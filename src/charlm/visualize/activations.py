@@ -19,9 +19,6 @@ from charlm.errors import CharLMError
 from charlm.model.rnn import CharRNN
 from charlm.model.step import GATES, FastStep
 
-#: The states that can shade the text per cell type.
-STATES = {"lstm": ("c", "h"), "gru": ("h",), "rnn": ("h",)}
-
 
 @dataclass
 class Trace:
