@@ -45,7 +45,7 @@ EVAL_BURN_IN = 128
 
 #: The splits of a corpus, in order: contiguous ranges of its ids.
 SPLITS = ("train", "val", "test")
-#: The ``(train, val, test)`` fractions of ``data.splits`` by default (conf/data/), also assumed
+#: The ``(train, val, test)`` fractions of ``data.splits`` by default (conf/_data.yaml), also assumed
 #: for a checkpoint that does not record its own.
 DEFAULT_SPLITS = (0.9, 0.05, 0.05)
 
