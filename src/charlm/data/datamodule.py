@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from charlm.errors import CharLMError
 log = logging.getLogger(__name__)
 
 
-class CharDataModule(L.LightningDataModule):
-    """Character corpus as contiguous BPTT windows (see :mod:`charlm.data.streams`).
+@dataclass
+class CharDataConfig:
+    """The settings of a :class:`CharDataModule` (its constructor arguments, checked and
+    normalised: ``splits`` a tuple of floats, sizes ``int``, ``eval_batch_size`` resolved).
 
     Args:
         path: a text file to train on; when set it wins over ``name``.
@@ -41,6 +44,45 @@ class CharDataModule(L.LightningDataModule):
             depend on the number of streams (default :data:`~charlm.data.streams.EVAL_BURN_IN`,
             measured in BENCHMARKS.md; 0: every stream from a zero state).
 
+    Raises:
+        CharLMError: if neither ``path`` nor ``name`` is given, or ``eval_burn_in`` is negative.
+    """
+
+    path: str | None = None
+    name: str | None = None
+    filename: str = "input.txt"
+    url: str | None = None
+    sha256: str | None = None
+    data_dir: str = "data"
+    cache_dir: str | None = None
+    encoding: str = "utf-8"
+    newline: str = "normalize"
+    splits: Sequence[float] = DEFAULT_SPLITS
+    batch_size: int = 64
+    seq_len: int = 128
+    eval_batch_size: int | None = None
+    eval_burn_in: int = EVAL_BURN_IN
+
+    def __post_init__(self) -> None:
+        if not self.path and not self.name:
+            raise CharLMError("no corpus given: set data.path=<text file> or choose a named corpus (data=tinyshakespeare)")
+        self.splits = tuple(float(f) for f in self.splits)
+        self.eval_batch_size = int(self.eval_batch_size or self.batch_size)
+        self.batch_size = int(self.batch_size)
+        self.seq_len = int(self.seq_len)
+        if int(self.eval_burn_in) < 0:
+            raise CharLMError(
+                f"data.eval_burn_in={self.eval_burn_in} must be >= 0 (characters read before each evaluation stream)"
+            )
+        self.eval_burn_in = int(self.eval_burn_in)
+
+
+class CharDataModule(L.LightningDataModule):
+    """Character corpus as contiguous BPTT windows (see :mod:`charlm.data.streams`).
+
+    Takes the arguments of :class:`CharDataConfig` (the ``data`` config group, conf/_data.yaml),
+    which documents them; each setting is also an attribute (``dm.batch_size``, ``dm.splits``).
+
     Batches are ``(x, y)``, both int64 ``[B, T]``; ``y`` is ``x`` shifted by one character.
 
     Raises:
@@ -51,42 +93,11 @@ class CharDataModule(L.LightningDataModule):
     #: The options that set the corpus, named in its errors (:func:`~charlm.data.corpus.naming_options`).
     OPTIONS = {"path": "data.path", "encoding": "data.encoding", "newline": "data.newline", "data_dir": "paths.data_dir"}
 
-    def __init__(
-        self,
-        path: str | None = None,
-        name: str | None = None,
-        filename: str = "input.txt",
-        url: str | None = None,
-        sha256: str | None = None,
-        data_dir: str = "data",
-        cache_dir: str | None = None,
-        encoding: str = "utf-8",
-        newline: str = "normalize",
-        splits: Sequence[float] = DEFAULT_SPLITS,
-        batch_size: int = 64,
-        seq_len: int = 128,
-        eval_batch_size: int | None = None,
-        eval_burn_in: int = EVAL_BURN_IN,
-    ):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__()
-        if not path and not name:
-            raise CharLMError("no corpus given: set data.path=<text file> or choose a named corpus (data=tinyshakespeare)")
-        self.path = path
-        self.name = name
-        self.filename = filename
-        self.url = url
-        self.sha256 = sha256
-        self.data_dir = data_dir
-        self.cache_dir = cache_dir
-        self.encoding = encoding
-        self.newline = newline
-        self.splits = tuple(float(f) for f in splits)
-        self.batch_size = int(batch_size)
-        self.seq_len = int(seq_len)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        if int(eval_burn_in) < 0:
-            raise CharLMError(f"data.eval_burn_in={eval_burn_in} must be >= 0 (characters read before each evaluation stream)")
-        self.eval_burn_in = int(eval_burn_in)
+        self.settings = CharDataConfig(*args, **kwargs)
+        for f in fields(self.settings):  # dm.batch_size, dm.splits, ...
+            setattr(self, f.name, getattr(self.settings, f.name))
         self.corpus: PreparedCorpus | None = None
         self.bounds: list[tuple[int, int]] | None = None
         self._loaders: dict[str, BPTTLoader] = {}
