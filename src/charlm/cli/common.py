@@ -401,6 +401,17 @@ def shown_path(path: str | os.PathLike) -> str:
         return str(p)
 
 
+def write_output(cfg: Any, name: str, text: str) -> Path | None:
+    """Write ``text`` (UTF-8) to ``<paths.output_dir>/<name>``, the app's run dir, creating it;
+    returns the path, or ``None`` when the config has no output dir (plain Python use)."""
+    if not cfg.paths.get("output_dir"):
+        return None
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(text, encoding="utf-8")
+    return out / name
+
+
 def is_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig

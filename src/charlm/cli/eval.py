@@ -23,7 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import hydra_app, pick_device
+from charlm.cli.common import hydra_app, pick_device, write_output
 from charlm.data.corpus import naming_options, prepare_corpus
 from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, split_of
 from charlm.errors import CharLMError
@@ -99,10 +99,7 @@ def run(cfg: DictConfig) -> dict:
             f"{what}, each newline counted as \\r\\n: loss {result['crlf']['loss']:.4f} nats/char | "
             f"bpc {result['crlf']['bpc']:.4f} | {result['crlf']['chars']:,} characters"
         )
-    if cfg.paths.get("output_dir"):
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_output(cfg, "metrics.json", json.dumps(result, indent=2))
     return result
 
 

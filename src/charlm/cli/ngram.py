@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from charlm.cli.common import hydra_app
+from charlm.cli.common import hydra_app, write_output
 from charlm.data.streams import SPLITS
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
@@ -84,10 +83,7 @@ def run(cfg: DictConfig) -> dict:
                      f"nats/char | bpc {r['crlf']['bpc']:.4f} | {r['crlf']['chars']:,} characters")
         print(line)
         result[split] = r
-    if cfg.paths.get("output_dir"):
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_output(cfg, "metrics.json", json.dumps(result, indent=2))
     return result
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import decode_escapes, hydra_app, pick_device
+from charlm.cli.common import decode_escapes, hydra_app, pick_device, write_output
 from charlm.data.vocab import describe_chars
 from charlm.errors import CharLMError
 from charlm.options import Opt, check_options
@@ -122,10 +122,7 @@ def run(cfg: DictConfig) -> list[str]:
     else:
         sys.stdout.write(joined)
         sys.stdout.flush()
-    if cfg.paths.get("output_dir"):
-        path = Path(cfg.paths.output_dir) / "samples.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(joined, encoding="utf-8")
+    write_output(cfg, "samples.txt", joined)
     return texts
 
 
@@ -143,10 +140,7 @@ def report_novelty(cfg: DictConfig, texts: list[str], prime: str, data: dict) ->
     r = nv.novelty(lines, train, whole, unfinished)
     r.update({"source": source, "prime": prime, "temperature": float(cfg.temperature), "seed": cfg.seed})
     print(nv.describe(r, source), flush=True)
-    if cfg.paths.get("output_dir"):
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "novelty.json").write_text(json.dumps(r, indent=2), encoding="utf-8")
+    write_output(cfg, "novelty.json", json.dumps(r, indent=2))
     return r
 
 
