@@ -25,7 +25,7 @@ import torch
 def measure(ckpt: str, split: str, streams: list[int], burn_ins: list[int], seq_len: int = 256) -> dict:
     from charlm.checkpoint import load_checkpoint, model_from_checkpoint
     from charlm.data.corpus import prepare_corpus
-    from charlm.data.streams import split_bounds
+    from charlm.data.streams import split_of
     from charlm.evaluation.evaluate import evaluate, remap_ids
 
     ck = load_checkpoint(ckpt, map_location="cpu")
@@ -33,8 +33,7 @@ def measure(ckpt: str, split: str, streams: list[int], burn_ins: list[int], seq_
     net.eval()
     data = ck["charlm"]["data"]
     corpus = prepare_corpus(data["source"], data.get("encoding", "utf-8"), data.get("newline", "normalize"))
-    b, e = split_bounds(corpus.num_chars, data["splits"])[("train", "val", "test").index(split)]
-    ids, context, lut = corpus.ids[b:e], corpus.ids[:b], remap_ids(corpus, vocab)
+    (ids, context), lut = split_of(corpus.ids, data["splits"], split), remap_ids(corpus, vocab)
     t = time.perf_counter()
     longest = max(burn_ins)
     single = evaluate(net, ids, batch_size=1, seq_len=seq_len, remap=lut, burn_in=longest, context=context)["loss"]
@@ -57,7 +56,7 @@ def measure(ckpt: str, split: str, streams: list[int], burn_ins: list[int], seq_
         "model": net.config(),
         "step": int(ck.get("global_step", 0)),
         "split": split,
-        "split_chars": int(e - b),
+        "split_chars": len(ids),
         "single_stream_loss": single,
         "rows": rows,
         "torch_threads": torch.get_num_threads(),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -18,10 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 def data_dir() -> Path:
     """The shared corpora (``$CHARLM_DATA_DIR``, else ``../shared/data`` next to the repo)."""
     return Path(os.environ.get("CHARLM_DATA_DIR") or REPO.parent / "shared" / "data")
-
-
-def shakespeare() -> Path:
-    return data_dir() / "tinyshakespeare" / "input.txt"
 
 
 def machine() -> dict:
@@ -81,11 +76,6 @@ def copy_bandwidth(nbytes: int = 256 << 20, repeat: int = 5) -> float:
     dst = torch.empty_like(src)
     t = timeit(lambda: dst.copy_(src), repeat, warmup=2)
     return 2 * nbytes / t
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (Linux ``ru_maxrss`` is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def median(xs):

@@ -16,7 +16,7 @@ from benchmarks.common import copy_bandwidth, median
 from charlm.data.vocab import Vocab
 from charlm.model.rnn import CharRNN
 from charlm.sampling import sample
-from charlm.sampling.fast import FastStep
+from charlm.model.step import FastStep
 
 
 def _nn_per_char(net: CharRNN, chars: int) -> float:
@@ -56,9 +56,8 @@ def bench_sampling(hidden_size: int, num_layers: int, chars: int, rounds: int, b
     vocab = Vocab([chr(c) for c in range(32, 97)])  # 65 characters, like Tiny Shakespeare
     net = CharRNN(len(vocab), hidden_size, num_layers).eval()
     fast32 = FastStep(net)
-    fast16 = FastStep(net, torch.bfloat16)
     all_weights = sum(p.numel() * p.element_size() for n_, p in net.named_parameters() if p.dim() == 2 and "embedding" not in n_)
-    res: dict = {k: [] for k in ("bandwidth", "nn_per_char_1", "sample_1", "sample_n", "fast32_1", "fast32_n", "bf16_1", "bf16_n")}
+    res: dict = {k: [] for k in ("bandwidth", "nn_per_char_1", "sample_1", "sample_n", "fast32_1", "fast32_n")}
     for _ in range(rounds):
         res["bandwidth"].append(copy_bandwidth(bw_bytes))
         res["nn_per_char_1"].append(_nn_per_char(net, max(chars // 4, 10)))
@@ -66,8 +65,6 @@ def bench_sampling(hidden_size: int, num_layers: int, chars: int, rounds: int, b
         res["sample_n"].append(_sample(net, vocab, streams, max(chars // 4, 10)))
         res["fast32_1"].append(_fast_steps(fast32, 1, chars))
         res["fast32_n"].append(_fast_steps(fast32, streams, max(chars // 4, 10)))
-        res["bf16_1"].append(_fast_steps(fast16, 1, max(chars // 4, 10)))
-        res["bf16_n"].append(_fast_steps(fast16, streams, max(chars // 8, 10)))
     m = {k: median(v) for k, v in res.items()}
     bw = m["bandwidth"]
     floor_all = bw / all_weights

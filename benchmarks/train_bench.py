@@ -9,7 +9,6 @@ BPTT batches with the same optimizer settings. The two alternate (ABBA order) se
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torch import nn
 from benchmarks.common import median, sgemm_flops
 from charlm.config import config_dir
 from charlm.data.streams import IGNORE_INDEX, BPTTLoader
+from charlm.evaluation.metrics import nats_to_bits
 
 
 def compose_train(out: Path, overrides: list[str]) -> DictConfig:
@@ -291,5 +291,5 @@ def bench_quality(budget_s: float, out: Path, extra: list[str] | None = None) ->
         "model": f"{cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}",
         "batch": f"{cfg.data.batch_size}x{cfg.data.seq_len}",
         "val_loss": res["loss"],
-        "val_bpc": res["loss"] / math.log(2),
+        "val_bpc": nats_to_bits(res["loss"]),
     }

@@ -99,6 +99,22 @@ def test_overlays_compose(compose, tmp_path, name):
     assert "trainer" in cfg and "model" in cfg
 
 
+@pytest.mark.parametrize("group", ["data", "model"])
+def test_options_start_from_the_shared_base_not_from_a_sibling(compose, tmp_path, group):
+    """Each data/model option builds on conf/_<group>.yaml (not on another option) and has its keys."""
+    base = OmegaConf.load(CONF / f"_{group}.yaml")
+    for name in options(group):
+        assert list(OmegaConf.load(CONF / group / f"{name}.yaml").defaults) == [f"/_{group}@_here_", "_self_"], name
+        cfg = compose("train", tmp_path, [f"{group}={name}"] + (["data.path=x.txt"] if name == "file" else []))
+        assert list(cfg[group]) == list(base), name
+
+
+def test_debug_overlays_build_on_debug_default():
+    for name in options("debug"):
+        if name != "default":
+            assert OmegaConf.load(CONF / "debug" / f"{name}.yaml").defaults[0] == "default", name
+
+
 def test_sample_and_eval_configs(compose, tmp_path):
     s = compose("sample", tmp_path, ["ckpt=x.ckpt", "temperature=0.5"])
     assert s.length == 500 and s.temperature == 0.5

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.data.corpus import prepare_corpus, resolve_corpus_path
+from charlm.data.corpus import CorpusSettingError, prepare_corpus, resolve_corpus_path
 from charlm.data.datamodule import CharDataModule
 from charlm.data.streams import IGNORE_INDEX, BPTTLoader, split_bounds
 from charlm.data.vocab import Vocab, id_dtype
@@ -157,9 +157,11 @@ def test_crlf_and_cr_across_chunk_boundaries(tmp_path):
 def test_invalid_utf8_reports_byte_offset_and_option(tmp_path):
     f = tmp_path / "latin1.txt"
     f.write_bytes("caf\u00e9 au lait ".encode("latin-1") * 3)
-    with pytest.raises(CharLMError) as e:
+    with pytest.raises(CorpusSettingError) as e:
         prepare_corpus(f, cache_dir=tmp_path, chunk_bytes=2)
-    assert "byte offset 3" in str(e.value) and "data.encoding" in str(e.value)
+    assert "byte offset 3" in str(e.value) and e.value.setting == "encoding"
+    # the app names its option: charlm-train's data.encoding, charlm-eval's encoding
+    assert "Set data.encoding=<the file's encoding> (for example data.encoding=latin-1" in str(e.value.worded("data.encoding"))
     c = prepare_corpus(f, encoding="latin-1", cache_dir=tmp_path)
     assert "\u00e9" in c.vocab and c.encoding == "iso8859-1"
 

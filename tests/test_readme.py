@@ -58,8 +58,8 @@ def _scripts() -> dict[str, str]:
 #: Console scripts and their entry points (pyproject.toml's [project.scripts]): ``charlm-train``
 #: -> ``charlm.cli.train:main``.
 APPS = _scripts()
-#: ``python -m <module>`` forms of the apps: ``charlm.train`` and ``charlm.cli.train``.
-MODULES = {**{f"charlm.{a.split('-', 1)[1]}": a for a in APPS}, **{e.split(":")[0]: a for a, e in APPS.items()}}
+#: ``python -m <module>`` forms of the apps: ``charlm.cli.train``.
+MODULES = {e.split(":")[0]: a for a, e in APPS.items()}
 #: The Hydra config each app composes (conf/<name>.yaml), for the apps that have one.
 CONFIG = {a: a.split("-", 1)[1] for a in APPS if (REPO / "conf" / f"{a.split('-', 1)[1]}.yaml").is_file()}
 
@@ -227,7 +227,7 @@ def split_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def app_of(argv: list[str]) -> str | None:
-    """``charlm-train`` for ``charlm-train ...`` or ``python -m charlm.train ...``; else ``None``."""
+    """``charlm-train`` for ``charlm-train ...`` or ``python -m charlm.cli.train ...``; else ``None``."""
     if argv[0] in APPS:
         return argv[0]
     if argv[0] in ("python", "python3") and len(argv) > 2 and argv[1] == "-m":

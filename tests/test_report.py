@@ -7,7 +7,7 @@ import pytest
 from sweep_helpers import run_cli
 
 from charlm.errors import CharLMError
-from charlm.report import Job, build_report, varying_overrides
+from charlm.evaluation.report import Job, build_report, varying_overrides
 
 
 def test_varying_overrides_keeps_only_swept_keys(tmp_path):
@@ -25,13 +25,13 @@ def test_report_rejects_missing_or_empty_dirs(tmp_path):
 
 
 def test_report_cli_prints_error_without_traceback(tmp_path):
-    res = run_cli("charlm.report", [str(tmp_path)], tmp_path)
+    res = run_cli("charlm.cli.report", [str(tmp_path)], tmp_path)
     assert res.returncode == 2
     assert res.stderr.startswith("error: no runs under") and "Traceback" not in res.stderr
 
 
 def test_report_options_are_checked_with_one_line_errors(tmp_path, capsys):
-    from charlm.report import main
+    from charlm.cli.report import main
 
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path), "--no-such-flag"])

@@ -440,7 +440,7 @@ def test_job_status_of_a_stopped_then_resumed_run_keeps_its_overrides_and_value(
     COMPLETED with the run's own overrides (not `resume=...`), the resume noted; resuming the
     finished run again trains nothing and keeps the value of its final weights; a refused resume
     leaves the record alone. charlm-report shows each status."""
-    from charlm.report import build_report
+    from charlm.evaluation.report import build_report
     from charlm.training.resume import merge_overrides
 
     run = tmp_path / "run"
@@ -477,7 +477,7 @@ def test_job_status_of_a_stopped_then_resumed_run_keeps_its_overrides_and_value(
 def test_an_interrupted_single_run_is_recorded_interrupted(tmp_path, tiny_corpus, sig):
     """Ctrl-C or SIGTERM (sent by the test's own callback right after step 3) ends a single run
     as INTERRUPTED, with the step, and charlm-report says so (it listed it as COMPLETED)."""
-    from charlm.report import build_report
+    from charlm.evaluation.report import build_report
 
     run = tmp_path / "run"
     r = _train_cli(tmp_path, f"hydra.run.dir={run}", *_overrides(tiny_corpus, 1000),

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 from sweep_helpers import TINY_CLI, multirun_dirs, read_wandb_run, run_cli
 
-from charlm.report import build_report
+from charlm.evaluation.report import build_report
 
 
 @pytest.fixture(scope="module")

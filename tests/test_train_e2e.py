@@ -33,7 +33,7 @@ SHORT = FAST_TRAIN + [
 
 def run_cli(app: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", f"charlm.{app}", *args], capture_output=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", f"charlm.cli.{app}", *args], capture_output=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -374,7 +374,7 @@ def test_cli_writes_pages_and_prints_paths(run_dir, tmp_path):
     out = tmp_path / "pages"
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     proc = subprocess.run(
-        [sys.executable, "-m", "charlm.visualize", f"ckpt={run_dir}", "text='\"Hello (world)\", he said.'",
+        [sys.executable, "-m", "charlm.cli.visualize", f"ckpt={run_dir}", "text='\"Hello (world)\", he said.'",
          f"samples={run_dir}", f"out={out}", f"hydra.run.dir={tmp_path / 'hydra'}"],
         capture_output=True, text=True, env=env, timeout=300,
     )

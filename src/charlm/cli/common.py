@@ -1,6 +1,6 @@
-"""Shared pieces of the command-line apps: the command line as typed (free text and paths
-verbatim, every override checked), clean error exits, UTF-8 output, printed commands that paste
-back."""
+"""Shared pieces of the command-line apps: the Hydra entry points (:func:`hydra_app`), the
+command line as typed (free text and paths verbatim, every override checked), clean error exits,
+UTF-8 output, devices, printed commands that paste back."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from charlm.errors import CharLMError
 
@@ -401,6 +401,17 @@ def shown_path(path: str | os.PathLike) -> str:
         return str(p)
 
 
+def write_output(cfg: Any, name: str, text: str) -> Path | None:
+    """Write ``text`` (UTF-8) to ``<paths.output_dir>/<name>``, the app's run dir, creating it;
+    returns the path, or ``None`` when the config has no output dir (plain Python use)."""
+    if not cfg.paths.get("output_dir"):
+        return None
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(text, encoding="utf-8")
+    return out / name
+
+
 def is_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -460,3 +471,31 @@ def _record_failure(e: CharLMError) -> None:
     if is_recorded(str(hc.runtime.output_dir)):  # the app recorded how its run ended itself
         return
     write_job_status(Path(str(hc.runtime.output_dir)), "FAILED", list(hc.overrides.task), error=f"{type(e).__name__}: {e}")
+
+
+def hydra_app(config_name: str, task: Callable[[Any], Any], setup: Callable[[], None] | None = None):
+    """The two entry points of a Hydra app: ``(hydra_main, main)``.
+
+    ``hydra_main`` is ``task`` under ``@hydra.main`` (config ``conf/<config_name>.yaml``) and
+    :func:`clean_errors`; Hydra names the job after ``task``'s module (``charlm.cli.eval`` ->
+    ``eval``: ``outputs/eval/...``, ``eval.log``). ``main``, the console script
+    (``charlm-<config_name>``), writes UTF-8 (:func:`utf8_stdout`), prepares the command line
+    (:func:`fix_argv`), runs ``setup`` and then ``hydra_main``.
+
+    Example: ``hydra_main, main = hydra_app("eval", run)``.
+    """
+    import hydra
+
+    from charlm.config import config_dir
+
+    hydra_main = hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(clean_errors(task))
+
+    def main() -> None:
+        utf8_stdout()
+        fix_argv(config_name)
+        if setup is not None:
+            setup()
+        hydra_main()
+
+    main.__doc__ = f"``charlm-{config_name}``: run the app with the command line's overrides."
+    return hydra_main, main

@@ -20,14 +20,12 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, fix_argv, pick_device, utf8_stdout
-from charlm.config import config_dir
-from charlm.data.corpus import prepare_corpus
-from charlm.data.streams import EVAL_BURN_IN, split_bounds
+from charlm.cli.common import hydra_app, pick_device, write_output
+from charlm.data.corpus import naming_options, prepare_corpus
+from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
 from charlm.options import Opt, check_options
@@ -35,11 +33,11 @@ from charlm.evaluation.evaluate import evaluate, remap_ids
 
 log = logging.getLogger("charlm.eval")
 
-#: This app's names for the corpus options that error messages mention (training's are ``data.*``).
+#: This app's names for the corpus settings that errors concern (training's are ``data.*``).
 CORPUS_OPTIONS = {"path": "file", "encoding": "encoding"}
 #: charlm-eval's options with a type or range (``device``: :func:`~charlm.cli.common.pick_device`).
 OPTIONS = {
-    "split": Opt(str, choices=("train", "val", "test")),
+    "split": Opt(str, choices=SPLITS),
     "batch_size": Opt(int, min=1),
     "seq_len": Opt(int, min=1),
     "burn_in": Opt(int, min=0),
@@ -64,7 +62,8 @@ def run(cfg: DictConfig) -> dict:
     newline = data.get("newline", "normalize")
     cache_dir = cfg.paths.get("cache_dir")
     if cfg.get("file"):
-        corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir, options=CORPUS_OPTIONS)
+        with naming_options(CORPUS_OPTIONS):
+            corpus = prepare_corpus(cfg.file, encoding, newline, cache_dir)
         ids, context, what = corpus.ids, None, str(corpus.source)
     else:
         split = str(cfg.split)
@@ -74,13 +73,14 @@ def run(cfg: DictConfig) -> dict:
                 f"the checkpoint's training corpus {source!r} is not available here; evaluate a file instead: "
                 "charlm-eval ckpt=... file=<text file>"
             )
-        corpus = prepare_corpus(source, encoding, newline, cache_dir, options=CORPUS_OPTIONS)
+        with naming_options(CORPUS_OPTIONS):
+            corpus = prepare_corpus(source, encoding, newline, cache_dir)
         if data.get("sha256") and corpus.sha256 != data["sha256"]:
             log.warning("%s changed since training (sha256 differs): its splits may not be the ones trained on", source)
-        b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[("train", "val", "test").index(split)]
-        if e - b < 2:
+        ids, context = split_of(corpus.ids, data.get("splits", DEFAULT_SPLITS), split)
+        if len(ids) < 2:
             raise CharLMError(f"the {split} split of {source} is empty (data.splits={data.get('splits')}); choose another split")
-        ids, context, what = corpus.ids[b:e], corpus.ids[:b], f"{source} [{split}]"
+        what = f"{source} [{split}]"
     burn_in = int(cfg.get("burn_in", EVAL_BURN_IN))
     result = evaluate(
         net, ids, batch_size=int(cfg.batch_size), seq_len=int(cfg.seq_len), remap=remap_ids(corpus, vocab),
@@ -99,23 +99,11 @@ def run(cfg: DictConfig) -> dict:
             f"{what}, each newline counted as \\r\\n: loss {result['crlf']['loss']:.4f} nats/char | "
             f"bpc {result['crlf']['bpc']:.4f} | {result['crlf']['chars']:,} characters"
         )
-    if cfg.paths.get("output_dir"):
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_output(cfg, "metrics.json", json.dumps(result, indent=2))
     return result
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-@clean_errors
-def hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    utf8_stdout()
-    fix_argv("eval")
-    hydra_main()
+hydra_main, main = hydra_app("eval", run)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from charlm.cli.common import clean_errors, fix_argv, utf8_stdout
-from charlm.config import config_dir
+from charlm.cli.common import hydra_app, write_output
+from charlm.data.streams import SPLITS
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
 from charlm.options import Opt, check_options
 
 log = logging.getLogger("charlm.ngram")
 
-SPLITS = ("train", "val", "test")
 #: charlm-ngram's options with a type or range (``data.*`` as in charlm-train).
 OPTIONS = {
     "order": Opt(int, min=1),
@@ -86,23 +83,11 @@ def run(cfg: DictConfig) -> dict:
                      f"nats/char | bpc {r['crlf']['bpc']:.4f} | {r['crlf']['chars']:,} characters")
         print(line)
         result[split] = r
-    if cfg.paths.get("output_dir"):
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_output(cfg, "metrics.json", json.dumps(result, indent=2))
     return result
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="ngram")
-@clean_errors
-def hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    utf8_stdout()
-    fix_argv("ngram")
-    hydra_main()
+hydra_main, main = hydra_app("ngram", run)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,10 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, decode_escapes, fix_argv, pick_device, utf8_stdout
-from charlm.config import config_dir
+from charlm.cli.common import decode_escapes, hydra_app, pick_device, write_output
 from charlm.data.vocab import describe_chars
 from charlm.errors import CharLMError
 from charlm.options import Opt, check_options
@@ -124,10 +122,7 @@ def run(cfg: DictConfig) -> list[str]:
     else:
         sys.stdout.write(joined)
         sys.stdout.flush()
-    if cfg.paths.get("output_dir"):
-        path = Path(cfg.paths.output_dir) / "samples.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(joined, encoding="utf-8")
+    write_output(cfg, "samples.txt", joined)
     return texts
 
 
@@ -135,30 +130,21 @@ def report_novelty(cfg: DictConfig, texts: list[str], prime: str, data: dict) ->
     """Print (and write ``novelty.json``) how many sampled lines are not in the training split."""
     import json
 
+    from charlm.data.corpus import naming_options
+    from charlm.data.datamodule import CharDataModule
     from charlm.sampling import novelty as nv
 
-    train, whole, source = nv.corpus_lines(data, cfg.paths.get("cache_dir"))
+    with naming_options(CharDataModule.OPTIONS):  # the corpus as the checkpoint's training run set it
+        train, whole, source = nv.corpus_lines(data, cfg.paths.get("cache_dir"))
     lines, unfinished = nv.first_lines(texts, prime)
     r = nv.novelty(lines, train, whole, unfinished)
     r.update({"source": source, "prime": prime, "temperature": float(cfg.temperature), "seed": cfg.seed})
     print(nv.describe(r, source), flush=True)
-    if cfg.paths.get("output_dir"):
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "novelty.json").write_text(json.dumps(r, indent=2), encoding="utf-8")
+    write_output(cfg, "novelty.json", json.dumps(r, indent=2))
     return r
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="sample")
-@clean_errors
-def hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    utf8_stdout()
-    fix_argv("sample")
-    hydra_main()
+hydra_main, main = hydra_app("sample", run)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from charlm.checkpoint import AtomicCheckpointIO
-from charlm.cli.common import clean_errors, command, fix_argv, is_multirun, shown_path, user_error, utf8_stdout
-from charlm.config import config_dir
+from charlm.cli.common import command, hydra_app, is_multirun, shown_path, user_error
 from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model.module import CharLM
@@ -353,10 +351,8 @@ def checkpoints_on_disk(trainer: L.Trainer, out: Path) -> tuple[Path | None, Pat
     return last, ckdir, lines
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-@clean_errors
-def hydra_main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the best ``val/bpc`` (the value a sweeper optimises). The W&B
+def run(cfg: DictConfig) -> float | None:
+    """The Hydra task (:data:`hydra_main`); returns the best ``val/bpc`` (the value a sweeper optimises). The W&B
     run is named/grouped by the job's overrides and sweep, and finished even when training fails
     (see :mod:`charlm.sweeps`). A run stopped by SIGINT/SIGTERM exits 130/143 as shells do (in a
     multirun the job fails and ``job_status.yaml`` says ``INTERRUPTED``)."""
@@ -439,11 +435,7 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
 
 
-def main() -> None:
-    utf8_stdout()
-    fix_argv("train")
-    quiet_third_party()
-    hydra_main()
+hydra_main, main = hydra_app("train", run, setup=quiet_third_party)
 
 
 if __name__ == "__main__":

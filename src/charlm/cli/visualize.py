@@ -15,21 +15,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import clean_errors, decode_escapes, fix_argv, pick_device, shown_path, utf8_stdout
-from charlm.config import config_dir
-from charlm.data.corpus import prepare_corpus, read_text
-from charlm.data.streams import split_bounds
+from charlm.cli.common import decode_escapes, hydra_app, pick_device, shown_path
+from charlm.data.corpus import naming_options, prepare_corpus, read_text
+from charlm.data.streams import DEFAULT_SPLITS, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.options import Opt, check_options
 from charlm.visualize.build import visualize_samples, visualize_text
 
 log = logging.getLogger("charlm.visualize")
 
-SPLITS = ("train", "val", "test")
+#: This app's names for the corpus settings that errors concern (training's are ``data.*``).
+CORPUS_OPTIONS = {"path": "text", "encoding": "encoding"}
 #: charlm-visualize's options with a type or range (``device``: :func:`~charlm.cli.common.pick_device`).
 OPTIONS = {
     "split": Opt(str, choices=SPLITS),
@@ -59,7 +58,8 @@ def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
         text = str(text)
         p = Path(text).expanduser()
         if len(text) < 4096 and p.is_file():
-            return read_text(p, encoding, newline, options={"path": "text", "encoding": "encoding"}), str(p)
+            with naming_options(CORPUS_OPTIONS):
+                return read_text(p, encoding, newline), str(p)
         if cfg.get("escapes"):
             text = decode_escapes(text, "text")
         return text, "the given text"
@@ -72,14 +72,14 @@ def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
             f"the checkpoint's training corpus {source!r} is not available here; give the text: "
             "charlm-visualize ckpt=... text=<file or string>"
         )
-    corpus = prepare_corpus(source, encoding, newline, cfg.paths.get("cache_dir"), options={"encoding": "encoding"})
-    b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[SPLITS.index(split)]
+    with naming_options(CORPUS_OPTIONS):
+        corpus = prepare_corpus(source, encoding, newline, cfg.paths.get("cache_dir"))
+    ids, _ = split_of(corpus.ids, data.get("splits", DEFAULT_SPLITS), split)
     offset = int(cfg.get("offset") or 0)
-    if offset < 0 or b + offset >= e:
-        raise CharLMError(f"offset={offset} is outside the {split} split ({e - b:,} characters)")
-    n = int(cfg.max_chars) if cfg.get("max_chars") is not None else e - b - offset
-    ids = corpus.ids[b + offset : min(e, b + offset + n)]
-    return corpus.vocab.decode(ids), f"{source} [{split}, from character {offset:,}]"
+    if offset < 0 or offset >= len(ids):
+        raise CharLMError(f"offset={offset} is outside the {split} split ({len(ids):,} characters)")
+    n = int(cfg.max_chars) if cfg.get("max_chars") is not None else len(ids) - offset
+    return corpus.vocab.decode(ids[offset : offset + n]), f"{source} [{split}, from character {offset:,}]"
 
 
 def run(cfg: DictConfig) -> list[Path]:
@@ -122,16 +122,7 @@ def run(cfg: DictConfig) -> list[Path]:
     return paths
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="visualize")
-@clean_errors
-def hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    utf8_stdout()
-    fix_argv("visualize")
-    hydra_main()
+hydra_main, main = hydra_app("visualize", run)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ the whole text):
 3. id pass: decode again and map code points to ids with one lookup-table gather per chunk,
    writing ``ids.npy`` of the smallest unsigned dtype that fits.
 
-UTF-8, the default, takes a byte-level fast path (:mod:`charlm.data.utf8fast`: ~5x faster, same
-ids, vocabulary, counts and errors) whose count pass also computes the sha256, so the file is
+UTF-8, the default, takes a byte-level fast path (:mod:`charlm.data.utf8fast`; faster, with the
+same ids, vocabulary, counts and errors; BENCHMARKS.md has the speeds) whose count pass also computes the sha256, so the file is
 read twice instead of three times. Other codecs take the reference path above.
 
 The cache entry (``ids.npy``, ``vocab.json``, ``meta.json``) is written to a temporary folder
@@ -27,6 +27,7 @@ could still get the same ctime tick (see :data:`RACY_NS`) is hashed again rather
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import json
 import logging
@@ -162,7 +163,9 @@ def resolve_corpus_path(
         cache_dir: where a generated corpus is built (default :func:`default_cache_dir`).
 
     Raises:
-        CharLMError: if the file is missing and cannot be downloaded; the message says exactly
+        CharLMError: if the file is missing and has no download address; the message says
+            exactly where to put the file.
+        CorpusSettingError: (setting ``data_dir``) if the download fails; the message says
             where to put the file.
     """
     path = Path(data_dir).expanduser() / name / filename
@@ -179,10 +182,11 @@ def resolve_corpus_path(
     try:
         return download(url, path, sha256)
     except CharLMError as e:
-        raise CharLMError(
+        raise CorpusSettingError(
+            "data_dir",
             f"corpus {name!r} is not at {path} and downloading it failed ({e}). "
-            f"Offline? Copy the file to {path} (or point paths.data_dir / $CHARLM_DATA_DIR at a "
-            f"folder holding {name}/{filename})."
+            f"Offline? Copy the file to {path} (or point ",
+            f" / $CHARLM_DATA_DIR at a folder holding {name}/{filename}).",
         ) from e
 
 
@@ -191,53 +195,77 @@ def resolve_corpus_path(
 # --------------------------------------------------------------------------------------------
 
 
-#: The options named in error messages, by role: charlm-train's by default. Apps whose options
-#: have other names (charlm-eval's ``file=`` and ``encoding=``) pass their own (``options=``).
-DATA_OPTIONS = {"path": "data.path", "encoding": "data.encoding", "newline": "data.newline"}
+class CorpusSettingError(CharLMError):
+    """A corpus that cannot be read because of one of its settings, ``setting``: ``"path"``,
+    ``"encoding"``, ``"newline"`` or ``"data_dir"``. The message names the setting by that word
+    (``Set encoding=<the file's encoding>``); the app, which knows what its option is called,
+    words it with :meth:`worded` or :func:`naming_options` (``Set data.encoding=...``).
+
+    Args:
+        setting: the setting concerned.
+        pieces: the message, split where the option's name goes.
+    """
+
+    def __init__(self, setting: str, *pieces: str):
+        self.setting = setting
+        self.pieces = pieces
+        super().__init__(setting.join(pieces))
+
+    def __reduce__(self):
+        return type(self), (self.setting, *self.pieces)
+
+    def worded(self, option: str) -> CharLMError:
+        """The same message naming the setting ``option`` (an app's name for it, e.g. ``file``)."""
+        return CharLMError(option.join(self.pieces))
 
 
-def _names(options: Mapping[str, str] | None) -> dict[str, str]:
-    return {**DATA_OPTIONS, **(options or {})}
+@contextlib.contextmanager
+def naming_options(names: Mapping[str, str]):
+    """Within the block, a :class:`CorpusSettingError` is re-raised as a :class:`CharLMError`
+    naming the app's option for its setting: ``names`` maps a setting to the option
+    (``{"path": "file", "encoding": "encoding"}`` in charlm-eval); a setting not in ``names``
+    keeps its own word."""
+    try:
+        yield
+    except CorpusSettingError as e:
+        if e.setting not in names:
+            raise
+        raise e.worded(names[e.setting]) from None
 
 
-def _check_options(encoding: str, newline: str, options: Mapping[str, str] | None = None) -> str:
-    opt = _names(options)
+def _check_settings(encoding: str, newline: str) -> str:
     try:
         codec = codecs.lookup(encoding)
     except LookupError:
-        raise CharLMError(
-            f"unknown text encoding {opt['encoding']}={encoding!r}; use a Python codec name such as "
-            "'utf-8', 'latin-1', 'cp1252' or 'gbk'."
+        raise CorpusSettingError(
+            "encoding", "unknown text encoding ",
+            f"={encoding!r}; use a Python codec name such as 'utf-8', 'latin-1', 'cp1252' or 'gbk'."
         ) from None
     if newline not in NEWLINE_MODES:
-        raise CharLMError(f"{opt['newline']}={newline!r} is not one of {NEWLINE_MODES}")
+        raise CorpusSettingError("newline", "", f"={newline!r} is not one of {NEWLINE_MODES}")
     return codec.name
 
 
-def read_text(path: str | os.PathLike, encoding: str = "utf-8", newline: str = "normalize",
-              options: Mapping[str, str] | None = None) -> str:
+def read_text(path: str | os.PathLike, encoding: str = "utf-8", newline: str = "normalize") -> str:
     """The whole text of a (small) file decoded as :func:`prepare_corpus` decodes it: strict
     ``encoding``, byte-order mark dropped, newlines per ``newline``; no cache.
 
     Raises:
-        CharLMError: if an option is invalid or a byte cannot be decoded (with its byte offset and
-            the option to change, named per ``options`` as in :func:`prepare_corpus`).
+        CorpusSettingError: if a setting is invalid or a byte cannot be decoded (with its byte
+            offset and the setting to change, as in :func:`prepare_corpus`).
     """
-    encoding = _check_options(encoding, newline, options)
-    return "".join(iter_decoded(Path(path), encoding, newline, {}, options=options))
+    encoding = _check_settings(encoding, newline)
+    return "".join(iter_decoded(Path(path), encoding, newline, {}))
 
 
-def iter_decoded(path: Path, encoding: str, newline: str, stats: dict, chunk_bytes: int = CHUNK_BYTES,
-                 options: Mapping[str, str] | None = None):
+def iter_decoded(path: Path, encoding: str, newline: str, stats: dict, chunk_bytes: int = CHUNK_BYTES):
     """Yield the decoded, BOM-stripped, newline-normalised text of ``path`` in chunks (str).
 
     Fills ``stats`` with ``newline_replacements`` and ``bom_removed``.
 
     Raises:
-        CharLMError: on an undecodable byte, giving its byte offset and the option to change
-            (``options["encoding"]``, default ``data.encoding``).
+        CorpusSettingError: on an undecodable byte, giving its byte offset (setting ``encoding``).
     """
-    enc_opt = _names(options)["encoding"]
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     stats["newline_replacements"] = 0
     stats["bom_removed"] = False
@@ -253,10 +281,11 @@ def iter_decoded(path: Path, encoding: str, newline: str, stats: dict, chunk_byt
                 text = decoder.decode(raw, final=final)
             except UnicodeDecodeError as e:
                 pos = offset - pending + e.start
-                raise CharLMError(
+                raise CorpusSettingError(
+                    "encoding",
                     f"{path} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at byte offset "
-                    f"{pos} cannot be decoded ({e.reason}). Set {enc_opt}=<the file's encoding> "
-                    f"(for example {enc_opt}=latin-1 or {enc_opt}=gbk), or fix the file."
+                    f"{pos} cannot be decoded ({e.reason}). Set ", "=<the file's encoding> (for example ",
+                    "=latin-1 or ", "=gbk), or fix the file.",
                 ) from None
             offset += len(raw)
             if first and text:
@@ -338,7 +367,6 @@ def prepare_corpus(
     newline: str = "normalize",
     cache_dir: str | os.PathLike | None = None,
     chunk_bytes: int = CHUNK_BYTES,
-    options: Mapping[str, str] | None = None,
 ) -> PreparedCorpus:
     """Decode a text file into ids, served from (or written to) the cache.
 
@@ -348,21 +376,21 @@ def prepare_corpus(
         newline: ``"normalize"`` turns ``\\r\\n`` and lone ``\\r`` into ``\\n``; ``"keep"`` leaves them.
         cache_dir: cache root (default :func:`default_cache_dir`).
         chunk_bytes: bytes per chunk; bounds peak memory.
-        options: the names of the ``path``/``encoding``/``newline`` options in the app in use, for
-            error messages (default :data:`DATA_OPTIONS`, charlm-train's ``data.*``).
 
     Returns:
         the :class:`PreparedCorpus`; its ``ids`` is a read-only memory map.
 
     Raises:
-        CharLMError: if the file is missing or empty, is not valid in ``encoding`` (with the byte
-            offset), or an option is invalid.
+        CorpusSettingError: if the file is missing (setting ``path``), is not valid in ``encoding``
+            (with the byte offset), or ``encoding`` or ``newline`` is invalid: the app names its
+            option (:func:`naming_options`).
+        CharLMError: if the file is empty.
     """
     source = Path(path).expanduser()
     if not source.is_file():
         what = "is not a regular file" if source.exists() else "does not exist"
-        raise CharLMError(f"corpus file {source} {what}; set {_names(options)['path']}=<a text file>.")
-    encoding = _check_options(encoding, newline, options)
+        raise CorpusSettingError("path", f"corpus file {source} {what}; set ", "=<a text file>.")
+    encoding = _check_settings(encoding, newline)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     st = source.stat()
     if st.st_size == 0:
@@ -395,7 +423,7 @@ def prepare_corpus(
     entry = _entry_dir(cache_root, sha, encoding, newline)
     prepared = _load_entry(entry, source)
     if prepared is None:
-        _build_entry(source, encoding, newline, sha, entry, chunk_bytes, counted, options)
+        _build_entry(source, encoding, newline, sha, entry, chunk_bytes, counted)
         prepared = _load_entry(entry, source)
         assert prepared is not None
     try:
@@ -411,7 +439,6 @@ def prepare_corpus(
 
 def _build_entry(
     source: Path, encoding: str, newline: str, sha: str, entry: Path, chunk_bytes: int, counted: tuple | None = None,
-    options: Mapping[str, str] | None = None,
 ) -> None:
     """Count pass + id pass; writes the cache entry atomically (temporary folder, then rename).
 
@@ -433,7 +460,7 @@ def _build_entry(
             pass  # the reference decoder below raises the error with its byte offset
     stats = {}
     counts = np.zeros(0, dtype=np.int64)
-    for text in iter_decoded(source, encoding, newline, stats, chunk_bytes, options):
+    for text in iter_decoded(source, encoding, newline, stats, chunk_bytes):
         c = np.bincount(_codepoints(text))
         if c.shape[0] > counts.shape[0]:
             c[: counts.shape[0]] += counts

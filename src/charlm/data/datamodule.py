@@ -5,23 +5,24 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-from charlm.data.corpus import PreparedCorpus, prepare_corpus, resolve_corpus_path
-from charlm.data.streams import EVAL_BURN_IN, BPTTLoader, split_bounds
+from charlm.data.corpus import PreparedCorpus, naming_options, prepare_corpus, resolve_corpus_path
+from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, BPTTLoader, split_bounds, split_of
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 
-
-class CharDataModule(L.LightningDataModule):
-    """Character corpus as contiguous BPTT windows (see :mod:`charlm.data.streams`).
+@dataclass
+class CharDataConfig:
+    """The settings of a :class:`CharDataModule` (its constructor arguments, checked and
+    normalised: ``splits`` a tuple of floats, sizes ``int``, ``eval_batch_size`` resolved).
 
     Args:
         path: a text file to train on; when set it wins over ``name``.
@@ -43,6 +44,45 @@ class CharDataModule(L.LightningDataModule):
             depend on the number of streams (default :data:`~charlm.data.streams.EVAL_BURN_IN`,
             measured in BENCHMARKS.md; 0: every stream from a zero state).
 
+    Raises:
+        CharLMError: if neither ``path`` nor ``name`` is given, or ``eval_burn_in`` is negative.
+    """
+
+    path: str | None = None
+    name: str | None = None
+    filename: str = "input.txt"
+    url: str | None = None
+    sha256: str | None = None
+    data_dir: str = "data"
+    cache_dir: str | None = None
+    encoding: str = "utf-8"
+    newline: str = "normalize"
+    splits: Sequence[float] = DEFAULT_SPLITS
+    batch_size: int = 64
+    seq_len: int = 128
+    eval_batch_size: int | None = None
+    eval_burn_in: int = EVAL_BURN_IN
+
+    def __post_init__(self) -> None:
+        if not self.path and not self.name:
+            raise CharLMError("no corpus given: set data.path=<text file> or choose a named corpus (data=tinyshakespeare)")
+        self.splits = tuple(float(f) for f in self.splits)
+        self.eval_batch_size = int(self.eval_batch_size or self.batch_size)
+        self.batch_size = int(self.batch_size)
+        self.seq_len = int(self.seq_len)
+        if int(self.eval_burn_in) < 0:
+            raise CharLMError(
+                f"data.eval_burn_in={self.eval_burn_in} must be >= 0 (characters read before each evaluation stream)"
+            )
+        self.eval_burn_in = int(self.eval_burn_in)
+
+
+class CharDataModule(L.LightningDataModule):
+    """Character corpus as contiguous BPTT windows (see :mod:`charlm.data.streams`).
+
+    Takes the arguments of :class:`CharDataConfig` (the ``data`` config group, conf/_data.yaml),
+    which documents them; each setting is also an attribute (``dm.batch_size``, ``dm.splits``).
+
     Batches are ``(x, y)``, both int64 ``[B, T]``; ``y`` is ``x`` shifted by one character.
 
     Raises:
@@ -50,42 +90,14 @@ class CharDataModule(L.LightningDataModule):
             for one batch (the message gives the numbers and the options to change).
     """
 
-    def __init__(
-        self,
-        path: str | None = None,
-        name: str | None = None,
-        filename: str = "input.txt",
-        url: str | None = None,
-        sha256: str | None = None,
-        data_dir: str = "data",
-        cache_dir: str | None = None,
-        encoding: str = "utf-8",
-        newline: str = "normalize",
-        splits: Sequence[float] = (0.9, 0.05, 0.05),
-        batch_size: int = 64,
-        seq_len: int = 128,
-        eval_batch_size: int | None = None,
-        eval_burn_in: int = EVAL_BURN_IN,
-    ):
+    #: The options that set the corpus, named in its errors (:func:`~charlm.data.corpus.naming_options`).
+    OPTIONS = {"path": "data.path", "encoding": "data.encoding", "newline": "data.newline", "data_dir": "paths.data_dir"}
+
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__()
-        if not path and not name:
-            raise CharLMError("no corpus given: set data.path=<text file> or choose a named corpus (data=tinyshakespeare)")
-        self.path = path
-        self.name = name
-        self.filename = filename
-        self.url = url
-        self.sha256 = sha256
-        self.data_dir = data_dir
-        self.cache_dir = cache_dir
-        self.encoding = encoding
-        self.newline = newline
-        self.splits = tuple(float(f) for f in splits)
-        self.batch_size = int(batch_size)
-        self.seq_len = int(seq_len)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        if int(eval_burn_in) < 0:
-            raise CharLMError(f"data.eval_burn_in={eval_burn_in} must be >= 0 (characters read before each evaluation stream)")
-        self.eval_burn_in = int(eval_burn_in)
+        self.settings = CharDataConfig(*args, **kwargs)
+        for f in fields(self.settings):  # dm.batch_size, dm.splits, ...
+            setattr(self, f.name, getattr(self.settings, f.name))
         self.corpus: PreparedCorpus | None = None
         self.bounds: list[tuple[int, int]] | None = None
         self._loaders: dict[str, BPTTLoader] = {}
@@ -100,12 +112,15 @@ class CharDataModule(L.LightningDataModule):
             return p
         if not download:
             return Path(self.data_dir).expanduser() / str(self.name) / self.filename
-        return resolve_corpus_path(str(self.name), self.filename, self.data_dir, self.url, self.sha256, self.cache_dir)
+        with naming_options(self.OPTIONS):
+            return resolve_corpus_path(str(self.name), self.filename, self.data_dir, self.url, self.sha256, self.cache_dir)
 
     def prepare(self) -> PreparedCorpus:
         """Locate, decode and cache the corpus (idempotent; a cache hit after the first call)."""
         if self.corpus is None:
-            self.corpus = prepare_corpus(self.corpus_path(), self.encoding, self.newline, self.cache_dir)
+            path = self.corpus_path()
+            with naming_options(self.OPTIONS):
+                self.corpus = prepare_corpus(path, self.encoding, self.newline, self.cache_dir)
             c = self.corpus
             self.bounds = split_bounds(c.num_chars, self.splits)
             sizes = ", ".join(f"{s} {e - b:,}" for s, (b, e) in zip(SPLITS, self.bounds))
@@ -128,18 +143,12 @@ class CharDataModule(L.LightningDataModule):
 
     def split_ids(self, split: str):
         """``[N_split]`` ids of one split (a memory-map slice)."""
-        corpus = self.prepare()
-        assert self.bounds is not None
-        b, e = self.bounds[SPLITS.index(split)]
-        return corpus.ids[b:e]
+        return split_of(self.prepare().ids, self.splits, split)[0]
 
     def preceding_ids(self, split: str):
         """``[M]`` ids of the text before one split (a memory-map slice; empty for train): what
         its first evaluation stream reads as burn-in."""
-        corpus = self.prepare()
-        assert self.bounds is not None
-        b, _ = self.bounds[SPLITS.index(split)]
-        return corpus.ids[:b]
+        return split_of(self.prepare().ids, self.splits, split)[1]
 
     def config(self) -> dict[str, Any]:
         """Plain-typed description of the data, stored in checkpoints (for eval and resume)."""
@@ -169,7 +178,7 @@ class CharDataModule(L.LightningDataModule):
         # error before the first step (not after training up to the first validation).
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(str(stage), ())
         for split in wanted:
-            if self._enabled(split):
+            if self.has_split(split):
                 self.loader(split)
 
     def _rank(self) -> tuple[int, int]:
@@ -211,16 +220,17 @@ class CharDataModule(L.LightningDataModule):
                 )
         return self._loaders[split]
 
-    def _enabled(self, split: str) -> bool:
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` is enabled (its fraction in ``data.splits`` is not 0)."""
         return self.splits[SPLITS.index(split)] > 0
 
     def train_dataloader(self) -> BPTTLoader:
         return self.loader("train")
 
     def val_dataloader(self):
-        return self.loader("val") if self._enabled("val") else []
+        return self.loader("val") if self.has_split("val") else []
 
     def test_dataloader(self):
-        if not self._enabled("test"):
+        if not self.has_split("test"):
             raise CharLMError("the test split is disabled (data.splits has test fraction 0); evaluate split=val instead")
         return self.loader("test")

@@ -8,7 +8,8 @@ A split of ``N`` ids is cut into ``G`` contiguous streams of length ``L`` (``bat
     y_i = streams[:, i*T+1 : (i+1)*T+1]      int64 [B, T]   (x shifted by one character)
 
 Consecutive batches continue every stream and nothing is shuffled, so the model's hidden state
-carries over from batch ``i`` to ``i+1`` (``repackage_hidden`` detaches it between steps).
+carries over from batch ``i`` to ``i+1`` (the training step detaches it between steps:
+:class:`~charlm.model.module.CharLM`).
 
 Rank-aware: with ``world_size`` processes there are ``G = world_size * batch_size`` global
 streams and rank ``r`` owns streams ``r*B .. (r+1)*B - 1``, so the global batch is
@@ -42,6 +43,12 @@ IGNORE_INDEX = -100
 #: keeps a factor-2 margin for models with a longer memory.
 EVAL_BURN_IN = 128
 
+#: The splits of a corpus, in order: contiguous ranges of its ids.
+SPLITS = ("train", "val", "test")
+#: The ``(train, val, test)`` fractions of ``data.splits`` by default (conf/_data.yaml), also assumed
+#: for a checkpoint that does not record its own.
+DEFAULT_SPLITS = (0.9, 0.05, 0.05)
+
 
 def split_bounds(num_chars: int, fractions: Sequence[float]) -> list[tuple[int, int]]:
     """Contiguous ``(start, end)`` id ranges of the train/val/test splits.
@@ -74,6 +81,24 @@ def split_bounds(num_chars: int, fractions: Sequence[float]) -> list[tuple[int, 
                 f"use a larger corpus or a larger {name} fraction in data.splits (or 0 to disable it)."
             )
     return [(0, n_train), (n_train, n_train + n_val), (n_train + n_val, num_chars)]
+
+
+def split_of(ids: np.ndarray, fractions: Sequence[float], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of a corpus's ids, and the ids before it: ``(ids[b:e], ids[:b])`` for the
+    ``(b, e)`` of ``split`` in :func:`split_bounds` (slices: a memory map stays one). The text
+    before a split is what its first evaluation stream reads as burn-in (empty for train).
+
+    Args:
+        ids: int ``[N]`` the whole corpus's ids.
+        fractions: the ``(train, val, test)`` fractions (``data.splits``).
+        split: one of :data:`SPLITS`.
+
+    Raises:
+        CharLMError: if the fractions are invalid (see :func:`split_bounds`).
+        ValueError: if ``split`` is not one of :data:`SPLITS` (callers check the option first).
+    """
+    b, e = split_bounds(len(ids), fractions)[SPLITS.index(split)]
+    return ids[b:e], ids[:b]
 
 
 class BPTTLoader:

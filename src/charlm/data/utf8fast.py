@@ -1,8 +1,9 @@
 """Fast UTF-8 corpus preparation on raw bytes (the default ``data.encoding=utf-8``).
 
 :func:`charlm.data.corpus.iter_decoded` decodes every chunk to ``str`` and encodes it again to
-UTF-32 to get code points: ~85 MB/s, and preparation needs it twice. Here the bytes are
-processed directly, and only the non-ASCII bytes ever go through Python's decoder:
+UTF-32 to get code points, and preparation needs it twice. Here the bytes are processed
+directly, and only the non-ASCII bytes ever go through Python's decoder (the speeds of both
+paths: BENCHMARKS.md, "Corpus preparation"):
 
 - line endings and the byte-order mark are handled on bytes (``\\r``, ``\\n`` and the BOM's
   bytes never occur inside another UTF-8 sequence, so this is exact);
@@ -11,7 +12,7 @@ processed directly, and only the non-ASCII bytes ever go through Python's decode
   that (small) string is decoded strictly; its non-ASCII characters are, in order, the
   chunk's non-ASCII characters;
 - ids: ``bytes.translate`` maps every ASCII byte to its id and deletes continuation bytes in
-  one C pass (~1 GB/s); the one remaining byte per multi-byte character (its lead byte) is then
+  one C pass; the one remaining byte per multi-byte character (its lead byte) is then
   overwritten with that character's id by a numpy scatter.
 
 Any decoding error raises :class:`InvalidUTF8`; the caller then reruns the reference decoder,
@@ -29,7 +30,6 @@ import numpy as np
 BOM = b"\xef\xbb\xbf"
 #: UTF-8 continuation bytes 0b10xxxxxx.
 CONTINUATION = bytes(range(0x80, 0xC0))
-NON_ASCII = bytes(range(0x80, 0x100))
 #: Bytes processed at a time: a chunk and its temporaries stay in the CPU cache (on the 1 GB
 #: benchmark corpus 1 MiB ran ~1.3x faster than 8 MiB).
 FAST_CHUNK_BYTES = 1 << 20

@@ -1,7 +1,11 @@
-"""Evaluation: token-weighted loss (nats/char), bits per character and perplexity."""
+"""Evaluation: token-weighted loss (nats/char), bits per character and perplexity; the report
+that compares runs.
 
-from charlm.evaluation.crlf import count_newlines, crlf_loss
-from charlm.evaluation.evaluate import evaluate, remap_ids
-from charlm.evaluation.metrics import CharNLL, loss_to_metrics
+- :mod:`charlm.evaluation.metrics`  nats -> bits, perplexity; the token-weighted torchmetrics metric
+- :mod:`charlm.evaluation.evaluate` a checkpoint's loss over a whole text, state carried
+- :mod:`charlm.evaluation.crlf`     a loss with every newline counted as ``\\r\\n``
+- :mod:`charlm.evaluation.report`   a table and plot of a sweep's jobs (``charlm-report``)
 
-__all__ = ["CharNLL", "count_newlines", "crlf_loss", "evaluate", "loss_to_metrics", "remap_ids"]
+Import from the modules: this package imports nothing itself, so the report, which reads files
+only, does not pay for torch.
+"""

@@ -11,11 +11,10 @@ the CRLF model's loss.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from charlm.data.vocab import Vocab
+from charlm.evaluation.metrics import nats_to_bits
 
 
 def count_newlines(ids: np.ndarray, vocab: Vocab) -> int:
@@ -40,4 +39,4 @@ def crlf_loss(loss: float, chars: int, newlines: int) -> dict[str, float]:
     total = float(loss) * int(chars)
     n = int(chars) + int(newlines)
     out = total / max(n, 1)
-    return {"loss": out, "bpc": out / math.log(2), "chars": n}
+    return {"loss": out, "bpc": nats_to_bits(out), "chars": n}

@@ -1,4 +1,5 @@
-"""Token-weighted character cross-entropy as a torchmetrics ``Metric``.
+"""Loss units (nats, bits, perplexity) and the token-weighted character cross-entropy as a
+torchmetrics ``Metric``.
 
 The states are a float64 sum of nats and an integer count, reduced by ``sum`` across
 processes, so ``val/loss`` under DDP equals the single-process value and stays finite whatever
@@ -13,6 +14,12 @@ import torch
 from torchmetrics import Metric
 
 LN2 = math.log(2)
+
+
+def nats_to_bits(loss_nats):
+    """A cross-entropy in bits from one in nats (divided by ln 2): bits per character from
+    nats per character. Works on a float, a numpy array or a tensor."""
+    return loss_nats / LN2
 
 
 class CharNLL(Metric):
@@ -43,4 +50,4 @@ class CharNLL(Metric):
 def loss_to_metrics(loss_nats: float) -> dict[str, float]:
     """``{"loss": nats/char, "bpc": bits/char, "ppl": perplexity}`` from a loss in nats/char."""
     loss_nats = float(loss_nats)
-    return {"loss": loss_nats, "bpc": loss_nats / LN2, "ppl": math.exp(min(loss_nats, 700.0))}
+    return {"loss": loss_nats, "bpc": nats_to_bits(loss_nats), "ppl": math.exp(min(loss_nats, 700.0))}

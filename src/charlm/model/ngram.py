@@ -45,6 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from charlm.errors import CharLMError
+from charlm.evaluation.metrics import loss_to_metrics
 
 
 #: The discount schemes: one discount per order, or Chen & Goodman's modified three.
@@ -104,7 +105,6 @@ class KneserNeyLM:
         self.keys, self.counts, self.denoms, self.gammas, self.discounts = [], [], [], [], []
         self.train_chars = n_chars
         prev_ids: np.ndarray | None = None  # order k-1 id of the n-gram ending at each position (from k-2)
-        prev_parent = np.zeros(1, dtype=np.int64)
         for k in range(1, self.order + 1):
             if n_chars < k:
                 break  # no n-gram this long: higher orders back off (their contexts are never seen)
@@ -250,8 +250,7 @@ class KneserNeyLM:
         lp = self.log_probs(ids)
         nats = float(-lp.sum())
         loss = nats / lp.shape[0]
-        return {"loss": loss, "bpc": loss / math.log(2), "ppl": math.exp(min(loss, 700.0)),
-                "chars": int(lp.shape[0]), "nats": nats}
+        return {**loss_to_metrics(loss), "chars": int(lp.shape[0]), "nats": nats}
 
     def distribution(self, context: Sequence[int] | np.ndarray) -> np.ndarray:
         """``p(. | context)``: float64 ``[V]`` over the whole vocabulary (sums to 1); only the

@@ -7,8 +7,9 @@ windows (training), across characters (sampling) and across ranks (checkpointing
 
 from __future__ import annotations
 
-import math
 import warnings
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +67,11 @@ def embedding_dropout(embedding: nn.Embedding, ids: torch.Tensor, p: float, trai
                        embedding.scale_grad_by_freq, embedding.sparse)
 
 
-class CharRNN(nn.Module):
-    """Stacked recurrent character model.
+@dataclass
+class CharRNNConfig:
+    """The settings of a :class:`CharRNN`: its constructor arguments, checked and normalised
+    (``cell`` lower-case, ``embedding_dim`` resolved, plain ``int``/``float``/``bool``), in the
+    order :meth:`CharRNN.config` stores them in checkpoints.
 
     Args:
         vocab_size: number of characters ``V``.
@@ -96,76 +100,85 @@ class CharRNN(nn.Module):
             still runs as one fused ``torch.lstm``/``gru``/``rnn_tanh`` call, the op ``nn.LSTM``
             uses (cuDNN on a GPU), with the dropped matrix in place of the parameter.
 
+    Raises:
+        CharLMError: on an unknown cell or init, non-positive sizes, a dropout or weight-drop
+            probability outside [0, 1), or ``tie_weights`` with mismatched sizes.
+    """
+
+    vocab_size: int
+    hidden_size: int = 256
+    num_layers: int = 2
+    cell: str = "lstm"
+    embedding_dim: int | None = None
+    dropout: float = 0.0
+    tie_weights: bool = False
+    init: str = "pytorch"
+    input_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    output_dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    weight_drop: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.cell = self.cell.lower()
+        if self.cell not in CELLS:
+            raise CharLMError(f"model.cell={self.cell!r} is not one of {sorted(CELLS)}")
+        if self.init not in INITS:
+            raise CharLMError(f"model.init={self.init!r} is not one of {list(INITS)}")
+        if min(self.vocab_size, self.hidden_size, self.num_layers) < 1:
+            raise CharLMError(
+                "vocab_size, hidden_size and num_layers must be >= 1, "
+                f"got {self.vocab_size}, {self.hidden_size}, {self.num_layers}"
+            )
+        for name in ("dropout", *REGULARISERS):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) < 1.0:
+                raise CharLMError(f"model.{name}={value} must be in [0, 1)")
+        self.embedding_dim = int(self.embedding_dim or self.hidden_size)
+        if self.tie_weights and self.embedding_dim != self.hidden_size:
+            raise CharLMError(
+                f"model.tie_weights needs embedding_dim == hidden_size, got {self.embedding_dim} and {self.hidden_size}"
+            )
+        for name in ("vocab_size", "hidden_size", "num_layers"):
+            setattr(self, name, int(getattr(self, name)))
+        for name in ("dropout", *REGULARISERS):
+            setattr(self, name, float(getattr(self, name)))
+        self.tie_weights = bool(self.tie_weights)
+
+
+class CharRNN(nn.Module):
+    """Stacked recurrent character model.
+
+    Takes the arguments of :class:`CharRNNConfig` (``CharRNN(65, hidden_size=512, cell="gru")``),
+    which documents them; each setting is also an attribute (``net.hidden_size``, ``net.cell``).
+
     The five regularisers act in training mode only and default to 0 (off): in eval mode, or
     with all five at 0, :meth:`forward` is exactly ``nn.LSTM``/``GRU``/``RNN`` on the embedding
     (same result, same random numbers drawn), so sampling, the visualiser and checkpoints see a
     plain recurrent module whatever the settings.
 
     Raises:
-        CharLMError: on an unknown cell or init, non-positive sizes, a dropout or weight-drop
-            probability outside [0, 1), or ``tie_weights`` with mismatched sizes.
+        CharLMError: on a bad setting (see :class:`CharRNNConfig`).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int = 256,
-        num_layers: int = 2,
-        cell: str = "lstm",
-        embedding_dim: int | None = None,
-        dropout: float = 0.0,
-        tie_weights: bool = False,
-        init: str = "pytorch",
-        input_dropout: float = 0.0,
-        hidden_dropout: float = 0.0,
-        output_dropout: float = 0.0,
-        embedding_dropout: float = 0.0,
-        weight_drop: float = 0.0,
-    ):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__()
-        cell = cell.lower()
-        if cell not in CELLS:
-            raise CharLMError(f"model.cell={cell!r} is not one of {sorted(CELLS)}")
-        if init not in INITS:
-            raise CharLMError(f"model.init={init!r} is not one of {list(INITS)}")
-        if min(vocab_size, hidden_size, num_layers) < 1:
-            raise CharLMError(
-                f"vocab_size, hidden_size and num_layers must be >= 1, got {vocab_size}, {hidden_size}, {num_layers}"
-            )
-        regs = {"input_dropout": input_dropout, "hidden_dropout": hidden_dropout, "output_dropout": output_dropout,
-                "embedding_dropout": embedding_dropout, "weight_drop": weight_drop}
-        for name, value in {"dropout": dropout, **regs}.items():
-            if not 0.0 <= float(value) < 1.0:
-                raise CharLMError(f"model.{name}={value} must be in [0, 1)")
-        embedding_dim = int(embedding_dim or hidden_size)
-        if tie_weights and embedding_dim != hidden_size:
-            raise CharLMError(
-                f"model.tie_weights needs embedding_dim == hidden_size, got {embedding_dim} and {hidden_size}"
-            )
-        self.vocab_size = int(vocab_size)
-        self.hidden_size = int(hidden_size)
-        self.num_layers = int(num_layers)
-        self.cell = cell
-        self.embedding_dim = embedding_dim
-        self.dropout = float(dropout)
-        self.tie_weights = bool(tie_weights)
-        self.init = init
-        self.input_dropout = float(input_dropout)
-        self.hidden_dropout = float(hidden_dropout)
-        self.output_dropout = float(output_dropout)
-        self.embedding_dropout = float(embedding_dropout)
-        self.weight_drop = float(weight_drop)
+        cfg = CharRNNConfig(*args, **kwargs)
+        self.settings = cfg
+        for f in fields(cfg):  # net.hidden_size, net.cell, ...: read by the step, the trainer, the tests
+            setattr(self, f.name, getattr(cfg, f.name))
+        hidden_size, num_layers, dropout = cfg.hidden_size, cfg.num_layers, cfg.dropout
 
-        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embedding_dim)
         # nn.LSTM's own dropout acts between layers only (and warns with one layer).
-        self.rnn = CELLS[cell](
-            embedding_dim, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        self.rnn = CELLS[cfg.cell](
+            cfg.embedding_dim, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
         )
         self.drop = nn.Dropout(dropout)
-        self.decoder = nn.Linear(hidden_size, vocab_size)
-        if tie_weights:
+        self.decoder = nn.Linear(hidden_size, cfg.vocab_size)
+        if cfg.tie_weights:
             self.decoder.weight = self.embedding.weight
-        if init == "charrnn":
+        if cfg.init == "charrnn":
             self._init_charrnn()
 
     def _init_charrnn(self) -> None:
@@ -179,18 +192,9 @@ class CharRNN(nn.Module):
                     getattr(self.rnn, f"bias_hh_l{layer}")[h : 2 * h].fill_(0.0)
 
     def config(self) -> dict:
-        """Constructor arguments as plain types (stored in checkpoints)."""
-        return {
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "cell": self.cell,
-            "embedding_dim": self.embedding_dim,
-            "dropout": self.dropout,
-            "tie_weights": self.tie_weights,
-            "init": self.init,
-            **{name: getattr(self, name) for name in REGULARISERS},
-        }
+        """Constructor arguments as plain types (stored in checkpoints): :class:`CharRNNConfig`
+        as a dict, ``CharRNN(**net.config())`` rebuilds the network."""
+        return asdict(self.settings)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None, dtype=None) -> State:
         """Zero state for ``batch_size`` streams: tuple of float ``[num_layers, B, H]``."""
@@ -296,7 +300,3 @@ class CharRNN(nn.Module):
         macs += self.hidden_size * self.vocab_size
         return 2 * 3 * macs
 
-
-def nats_to_bits(loss: float | torch.Tensor):
-    """Convert a cross-entropy from nats to bits (divide by ln 2)."""
-    return loss / math.log(2)

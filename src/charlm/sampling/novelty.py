@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from charlm.data.corpus import prepare_corpus
-from charlm.data.streams import split_bounds
+from charlm.data.streams import DEFAULT_SPLITS, split_of
 from charlm.errors import CharLMError
 
 
@@ -44,8 +44,7 @@ def corpus_lines(data: dict, cache_dir: str | None = None) -> tuple[set[str], se
             "available here; run it where the corpus is"
         )
     corpus = prepare_corpus(source, data.get("encoding", "utf-8"), data.get("newline", "normalize"), cache_dir)
-    b, e = split_bounds(corpus.num_chars, data.get("splits", (0.9, 0.05, 0.05)))[0]
-    train = corpus.vocab.decode(corpus.ids[b:e])
+    train = corpus.vocab.decode(split_of(corpus.ids, data.get("splits", DEFAULT_SPLITS), "train")[0])
     whole = corpus.vocab.decode(corpus.ids)
     return set(train.split("\n")), set(whole.split("\n")), str(source)
 

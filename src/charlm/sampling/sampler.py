@@ -2,8 +2,8 @@
 
 The prime is read once (one forward pass over it) and each new character costs one recurrent
 step with the carried state, so the work per character is constant however long the text gets.
-That step is :class:`~charlm.sampling.fast.FastStep` (the same weights applied with a few
-tensor ops per layer instead of one ``nn.LSTM`` call per character; same logits).
+That step is the model's :class:`~charlm.model.step.FastStep` (the same weights applied with a
+few tensor ops per layer instead of one ``nn.LSTM`` call per character; same logits).
 ``num_samples`` streams are generated together as one batch.
 """
 
@@ -15,9 +15,9 @@ import torch
 
 from charlm.data.vocab import Vocab, describe_chars
 from charlm.errors import CharLMError
-from charlm.options import Opt, check_value
 from charlm.model.rnn import CharRNN
-from charlm.sampling.fast import FastStep
+from charlm.model.step import FastStep
+from charlm.options import Opt, check_value
 
 
 def default_prime(vocab: Vocab) -> str:
@@ -132,8 +132,8 @@ def sample(
         last = logits[:, -1]
         out = torch.empty(num_samples, length, dtype=torch.long, device=device)
         step = FastStep(net) if length > 1 else None
-        if step is not None:
-            state = tuple(s.to(step.sdtype) for s in state)
+        if step is not None:  # the prime's state in the step's dtype (it may come from an autocast region)
+            state = tuple(s.to(step.dtype) for s in state)
         for i in range(length):
             nxt = next_ids(last, temperature, top_k, generator)  # [N, 1]
             out[:, i : i + 1] = nxt

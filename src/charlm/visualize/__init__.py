@@ -2,7 +2,7 @@
 cells, gate saturation (Karpathy 2015 blog; Karpathy, Johnson & Fei-Fei 2015 paper), and the
 evolution of samples during training.
 
-``charlm-visualize ckpt=... text=...`` (or ``python -m charlm.visualize``) writes the pages; the
+``charlm-visualize ckpt=... text=...`` (or ``python -m charlm.cli.visualize``) writes the pages; the
 ``visualize`` training callback writes them at the end of every run.
 """
 

@@ -2,16 +2,10 @@
 LSTM cell state and gates at every time step.
 
 ``nn.LSTM`` returns the hidden state of the *last* layer for every step and the cell state of
-the *last step* only, so the recurrence is re-run here one step at a time from the module's own
-weights, with PyTorch's equations (``torch.nn.LSTM`` / ``GRU`` / ``RNN`` documentation):
-
-- LSTM (gate order i, f, g, o in ``weight_ih_l*``): ``i = σ(.)``, ``f = σ(.)``, ``g = tanh(.)``,
-  ``o = σ(.)``, ``c' = f * c + i * g``, ``h' = o * tanh(c')``.
-- GRU (order r, z, n): ``r = σ(.)``, ``z = σ(.)``, ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``,
-  ``h' = (1 - z) * n + z * h``.
-- RNN: ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`` (or ReLU when the module uses it).
-
-The logits it returns equal ``net(ids)`` (checked by the tests) because dropout is off in eval.
+the *last step* only, so the recurrence is re-run here one character at a time with the
+model's recurrent step (:class:`charlm.model.step.FastStep`, which also gives the gates).
+The logits it returns equal ``net(ids)`` up to float rounding (checked by the tests), since
+dropout is off in eval.
 """
 
 from __future__ import annotations
@@ -20,15 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from charlm.errors import CharLMError
 from charlm.model.rnn import CharRNN
-
-#: The gates recorded per cell type (the names used in :attr:`Trace.gates`).
-GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z"), "rnn": ()}
-#: The states that can shade the text per cell type.
-STATES = {"lstm": ("c", "h"), "gru": ("h",), "rnn": ("h",)}
+from charlm.model.step import GATES, FastStep
 
 
 @dataclass
@@ -78,60 +67,29 @@ def trace(net: CharRNN, ids: torch.Tensor | list[int]) -> Trace:
     ids = torch.as_tensor(ids, dtype=torch.long)
     if ids.dim() != 1 or ids.numel() == 0:
         raise CharLMError(f"trace needs a non-empty 1-D sequence of character ids, got shape {tuple(ids.shape)}")
-    rnn = net.rnn
-    device = net.decoder.weight.device
-    dtype = net.decoder.weight.dtype
-    x = net.embedding(ids.to(device)).to(dtype)  # [T, E]
-    T, H, cell = x.shape[0], net.hidden_size, net.cell
-    hs, cs, gates = [], [], {g: [] for g in GATES[cell]}
-    for layer in range(net.num_layers):
-        w_ih = getattr(rnn, f"weight_ih_l{layer}")
-        w_hh = getattr(rnn, f"weight_hh_l{layer}")
-        b_ih = getattr(rnn, f"bias_ih_l{layer}", None)
-        b_hh = getattr(rnn, f"bias_hh_l{layer}", None)
-        xin = F.linear(x, w_ih, b_ih)  # [T, G*H]: the input part of every step at once
-        h = torch.zeros(H, device=device, dtype=dtype)
-        c = torch.zeros(H, device=device, dtype=dtype)
-        out_h = torch.empty(T, H, device=device, dtype=dtype)
-        out_c = torch.empty(T, H, device=device, dtype=dtype) if cell == "lstm" else None
-        out_g = {g: torch.empty(T, H, device=device, dtype=dtype) for g in GATES[cell]}
-        for t in range(T):
-            rec = F.linear(h, w_hh, b_hh)
-            if cell == "lstm":
-                pre = xin[t] + rec
-                i, f, g, o = pre.chunk(4)
-                i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-                c = f * c + i * g
-                h = o * torch.tanh(c)
-                out_c[t] = c
-                out_g["i"][t], out_g["f"][t], out_g["o"][t] = i, f, o
-            elif cell == "gru":
-                xr, xz, xn = xin[t].chunk(3)
-                hr, hz, hn = rec.chunk(3)
-                r = torch.sigmoid(xr + hr)
-                z = torch.sigmoid(xz + hz)
-                n = torch.tanh(xn + r * hn)
-                h = (1 - z) * n + z * h
-                out_g["r"][t], out_g["z"][t] = r, z
-            else:
-                pre = xin[t] + rec
-                h = torch.relu(pre) if getattr(rnn, "nonlinearity", "tanh") == "relu" else torch.tanh(pre)
-            out_h[t] = h
-        hs.append(out_h)
-        if out_c is not None:
-            cs.append(out_c)
+    step = FastStep(net)
+    ids = ids.to(step.device)
+    state = step.init_state(1)
+    hs, cs, logits = [], [], []
+    gates: dict[str, list[torch.Tensor]] = {g: [] for g in GATES[net.cell]}
+    for t in range(ids.shape[0]):
+        seen: dict[str, torch.Tensor] = {}
+        out, state = step.step(ids[t : t + 1], state, gates=seen)
+        logits.append(out[0])
+        hs.append(state[0][:, 0])
+        if net.cell == "lstm":
+            cs.append(state[1][:, 0])
         for g in gates:
-            gates[g].append(out_g[g])
-        x = out_h  # the next layer's input (inter-layer dropout is off in eval)
-    logits = net.decoder(x)  # [T, V]
+            gates[g].append(seen[g][:, 0])
 
-    def np32(ts):
-        return torch.stack(ts).float().cpu().numpy()
+    def np32(ts):  # T tensors [L, H] -> [L, T, H]
+        return torch.stack(ts, dim=1).float().cpu().numpy()
 
     states = {"h": np32(hs)}
     if cs:
         states["c"] = np32(cs)
-    return Trace(cell=cell, states=states, gates={g: np32(v) for g, v in gates.items()}, logits=logits.float().cpu().numpy())
+    logits_np = torch.stack(logits).float().cpu().numpy()
+    return Trace(cell=net.cell, states=states, gates={g: np32(v) for g, v in gates.items()}, logits=logits_np)
 
 
 def next_char_stats(trace_: Trace, ids: np.ndarray | list[int], k: int = 5) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Build the pages: trace a model over a text and write ``cells.html`` and ``gates.png``; render
+"""Build the pages: trace a model over a text and write ``cells.html`` and ``cells_gates.png``; render
 a run's ``samples.txt`` as ``samples.html``."""
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class VisualizeCells(L.Callback):
             return
         ids = None
         for split in ("val", "test", "train"):
-            if dm.splits[("train", "val", "test").index(split)] > 0:
+            if dm.has_split(split):
                 ids = dm.split_ids(split)
                 if len(ids) > 1:
                     break

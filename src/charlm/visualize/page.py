@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from charlm.evaluation.metrics import nats_to_bits
 from charlm.visualize.activations import Trace
 
 CSS = """
@@ -247,7 +248,7 @@ def cells_page(
     body = f"""
 <h1>{html.escape(title)}</h1>
 <div class="meta">{html.escape(subtitle)} {tr.cell.upper()} {L}&times;{H}; {len(text):,} characters;
-mean loss {mean_loss:.3f} nats/char ({mean_loss / math.log(2):.3f} bpc). Hover a character for the
+mean loss {mean_loss:.3f} nats/char ({nats_to_bits(mean_loss):.3f} bpc). Hover a character for the
 model's top-{stats["top_ids"].shape[1]} guesses for the next one.</div>
 <div class="controls">
   <label>shade by <select id="mode"><option value="cell">cell</option><option value="loss">loss of next char</option></select></label>

@@ -1,4 +1,5 @@
-"""``charlm-report``: compare the jobs of a sweep (or one run) without W&B.
+"""Compare the jobs of a sweep (or one run) without W&B: what ``charlm-report`` prints and writes
+(the app, its options and output: :mod:`charlm.cli.report`).
 
 Reads only what every run writes to disk: ``job_status.yaml`` (how the run ended and its own
 overrides, written by :func:`charlm.sweeps.write_job_status`), ``.hydra/overrides.yaml`` (the
@@ -7,15 +8,13 @@ and every logged metric) and ``csv/hparams.yaml`` (``num_parameters``). Writes `
 against the optimizer step, one curve per job) into the given folder (or ``--out``).
 
     charlm-report outputs/train/multiruns/2026-01-01_12-00-00_000000
-    python -m charlm.report outputs/train/runs/<run>
+    charlm-report outputs/train/runs/<run>
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,39 +234,3 @@ def plot_curves(jobs: list[Job], labels: list[list[str]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with charlm's error format: one ``error: ...`` line, exit status 2 (argparse's
-    own prints the usage first)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        print(f"error: {message} (charlm-report --help lists the options)", file=sys.stderr)
-        sys.exit(2)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``charlm-report DIR [--out OUT] [--no-plot]``; prints the Markdown table. Exit 2 on a
-    :class:`CharLMError` (message, no traceback)."""
-    from charlm.cli.common import shown_path, utf8_stdout
-
-    utf8_stdout()
-    p = _Parser(prog="charlm-report", description="Table and val-bpc plot of every job of a run or multirun folder.")
-    p.add_argument("dir", help="a run dir (outputs/train/runs/...) or a multirun dir (outputs/train/multiruns/...)")
-    p.add_argument("--out", default=None, help="where to write report.md, report.csv, val_bpc.png (default: DIR)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    args = p.parse_args(argv)
-    try:
-        build_report(args.dir, args.out, plot=not args.no_plot)
-    except CharLMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out or args.dir)
-    print((out / "report.md").read_text(encoding="utf-8"), end="")
-    out = Path(shown_path(out))
-    print(f"\nwritten: {out / 'report.md'}, {out / 'report.csv'}" + ("" if args.no_plot else f", {out / 'val_bpc.png'}"))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

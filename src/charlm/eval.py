@@ -1,4 +1,0 @@
-from charlm.cli.eval import main
-
-if __name__ == "__main__":
-    main()
