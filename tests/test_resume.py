@@ -267,7 +267,7 @@ def test_signal_at_any_moment_leaves_last_ckpt_of_the_last_step(compose, tmp_pat
 
 
 def test_runs_from_before_the_regularisers_resume_without_a_change():
-    from charlm.training.resume import config_changes
+    from charlm.training.run_config import config_changes
 
     data = {"batch_size": 8}
     old = {"data": data, "model": {"hidden_size": 64, "dropout": 0.1}}
@@ -396,28 +396,29 @@ def _as_multirun(cfg):
 
 
 def test_multirun_guard_counts_devices_as_lightning_does(compose, tmp_path, monkeypatch):
-    from charlm.training import resume
+    from charlm.sweeps import check_multirun_ddp
+    from charlm.training.devices import resolve_num_devices
 
     for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "LOCAL_RANK", "GROUP_RANK"):
         monkeypatch.delenv(var, raising=False)  # no external launcher
     # one CPU device: "auto" resolves to CPUAccelerator.auto_device_count() = 1, so the sweep runs
     for devices in ("auto", "1", 1):
         cfg = _as_multirun(compose("train", tmp_path, ["trainer=cpu", f"trainer.devices={devices}"]))
-        resume.check_multirun_ddp(cfg)  # main refused "auto" (it counted any string as 2)
-        assert resume.resolve_num_devices(cfg) == 1
+        check_multirun_ddp(cfg)  # main refused "auto" (it counted any string as 2)
+        assert resolve_num_devices(cfg) == 1
     # two CPU processes (as a string too): refused, naming the count
     for devices in ("2", "'2'"):
         cfg = _as_multirun(compose("train", tmp_path, ["trainer=ddp_cpu", f"trainer.devices={devices}"]))
         with pytest.raises(CharLMError, match="jobs use 2 devices each"):
-            resume.check_multirun_ddp(cfg)
+            check_multirun_ddp(cfg)
     # -1 is not let through: Lightning refuses it on the CPU (on GPUs it means all of them)
     cfg = _as_multirun(compose("train", tmp_path, ["trainer=cpu", "trainer.devices=-1"]))
     with pytest.raises(CharLMError, match=r"trainer.devices=-1 with trainer.accelerator='cpu'.*int > 0"):
-        resume.check_multirun_ddp(cfg)  # main let it through (n = -1)
+        check_multirun_ddp(cfg)  # main let it through (n = -1)
     if not torch.cuda.is_available():
         cfg = _as_multirun(compose("train", tmp_path, ["trainer=ddp"]))  # accelerator gpu, devices -1
         with pytest.raises(CharLMError, match="trainer.devices=-1 with trainer.accelerator='gpu'"):
-            resume.check_multirun_ddp(cfg)
+            check_multirun_ddp(cfg)
 
 
 # ---------------------------------------------------------------------------------- job_status.yaml
@@ -441,7 +442,7 @@ def test_job_status_of_a_stopped_then_resumed_run_keeps_its_overrides_and_value(
     finished run again trains nothing and keeps the value of its final weights; a refused resume
     leaves the record alone. charlm-report shows each status."""
     from charlm.report import build_report
-    from charlm.training.resume import merge_overrides
+    from charlm.training.run_config import merge_overrides
 
     run = tmp_path / "run"
     own = _overrides(tiny_corpus, 20)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from charlm.errors import CharLMError
+
 _PKG = Path(__file__).resolve().parent
 
 
@@ -24,10 +26,19 @@ def _wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "offline").lower() != "online"
 
 
-def _run_dir(target, default: str) -> str:
-    from charlm.training.resume import resume_run_dir
+def resume_run_dir(target, default: str) -> str:
+    """OmegaConf resolver ``charlm.run_dir``: the run dir of ``resume=<target>`` (so Hydra writes
+    into the run being resumed instead of a new folder), else ``default``. Never raises: a bad
+    target is reported by :func:`charlm.training.resume.prepare_resume`."""
+    if target in (None, "", "None", "null"):
+        return default
+    from charlm.checkpoint import find_checkpoint  # torch and Lightning: only for a resume=
 
-    return resume_run_dir(target, default)
+    try:
+        _, run_dir = find_checkpoint(target)
+    except CharLMError:
+        return default
+    return str(run_dir) if run_dir is not None else default
 
 
 def app_options(name: str) -> str:
@@ -59,7 +70,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("charlm.wandb_offline"):
         OmegaConf.register_new_resolver("charlm.wandb_offline", _wandb_offline)
     if not OmegaConf.has_resolver("charlm.run_dir"):
-        OmegaConf.register_new_resolver("charlm.run_dir", _run_dir)
+        OmegaConf.register_new_resolver("charlm.run_dir", resume_run_dir)
     if not OmegaConf.has_resolver("charlm.app_options"):
         OmegaConf.register_new_resolver("charlm.app_options", app_options)
     if not OmegaConf.has_resolver("charlm.job_dirname"):
