@@ -64,6 +64,24 @@ def app_options(name: str) -> str:
     return "\n".join(out).strip("\n").replace("$", "$$")
 
 
+def job_dirname(num, overrides="", max_len: int = 120) -> str:
+    """The sub-folder name of multirun job ``num``: ``<num>_<overrides>`` (Hydra's
+    ``override_dirname``), with ``/`` replaced by ``_`` and cut to ``max_len`` characters
+    (a cut name ends in ``~`` and 8 hex digits of the overrides' SHA-1), so that many overrides
+    never exceed the file system's 255-byte name limit. The job number keeps names unique
+    within a sweep; the sweep folder itself is stamped to the microsecond.
+
+    Used as ``${charlm.job_dirname:${hydra.job.num},${hydra.job.override_dirname}}``."""
+    import hashlib
+
+    text = str(overrides or "").replace("/", "_").replace("\\", "_")
+    name = f"{num}_{text}" if text else str(num)
+    if len(name) > max_len:
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+        name = f"{name[: max_len - 9]}~{digest}"
+    return name
+
+
 def register_resolvers() -> None:
     """Register ``${charlm.wandb_offline:}``, ``${charlm.run_dir:<resume>,<default>}``,
     ``${charlm.job_dirname:num,overrides}`` and ``${charlm.app_options:<app>}`` (idempotent)."""
@@ -74,8 +92,6 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("charlm.app_options"):
         OmegaConf.register_new_resolver("charlm.app_options", app_options)
     if not OmegaConf.has_resolver("charlm.job_dirname"):
-        from charlm.sweeps import job_dirname
-
         OmegaConf.register_new_resolver("charlm.job_dirname", job_dirname)
 
 

@@ -33,24 +33,6 @@ log = logging.getLogger("charlm.sweeps")
 JOB_STATUS_FILE = "job_status.yaml"
 
 
-def job_dirname(num: Any, overrides: Any = "", max_len: int = 120) -> str:
-    """The sub-folder name of multirun job ``num``: ``<num>_<overrides>`` (Hydra's
-    ``override_dirname``), with ``/`` replaced by ``_`` and cut to ``max_len`` characters
-    (a cut name ends in ``~`` and 8 hex digits of the overrides' SHA-1), so that many overrides
-    never exceed the file system's 255-byte name limit. The job number keeps names unique
-    within a sweep; the sweep folder itself is stamped to the microsecond.
-
-    Used as ``${charlm.job_dirname:${hydra.job.num},${hydra.job.override_dirname}}``."""
-    import hashlib
-
-    text = str(overrides or "").replace("/", "_").replace("\\", "_")
-    name = f"{num}_{text}" if text else str(num)
-    if len(name) > max_len:
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
-        name = f"{name[: max_len - 9]}~{digest}"
-    return name
-
-
 def _hydra_cfg() -> DictConfig | None:
     try:
         from hydra.core.hydra_config import HydraConfig
