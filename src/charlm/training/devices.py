@@ -1,4 +1,5 @@
-"""How many devices a training config gets, counted as Lightning counts them."""
+"""How many devices a training config gets, and how many streams all of them train together,
+counted as Lightning counts devices."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from charlm.errors import CharLMError
 
 
-def resolve_num_devices(cfg: DictConfig) -> int:
+def resolve_num_devices(cfg: DictConfig | dict) -> int:
     """The number of devices (processes per node) the Trainer of ``cfg`` would use, resolved as
     Lightning resolves ``trainer.accelerator`` and ``trainer.devices``: ``"auto"``/``"gpu"``
     pick the accelerator, ``devices="auto"`` is its ``auto_device_count()`` (1 on the CPU),
@@ -22,8 +23,12 @@ def resolve_num_devices(cfg: DictConfig) -> int:
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
 
-    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
-    devices = OmegaConf.select(cfg, "trainer.devices", default="auto")
+    if OmegaConf.is_config(cfg):
+        accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+        devices = OmegaConf.select(cfg, "trainer.devices", default="auto")
+    else:  # a resolved config (plain containers)
+        trainer = cfg.get("trainer") or {}
+        accelerator, devices = trainer.get("accelerator", "auto"), trainer.get("devices", "auto")
     if OmegaConf.is_config(devices):
         devices = OmegaConf.to_container(devices)
     try:
@@ -47,3 +52,18 @@ def resolve_num_devices(cfg: DictConfig) -> int:
             f"trainer.devices={devices!r} with trainer.accelerator={accelerator!r} is not a valid device choice "
             f"here: {str(e).strip()}"
         ) from None
+
+
+def global_streams(cfg: dict, world_size: int | None = None) -> int:
+    """The streams all ranks of a run train together: ``data.batch_size`` (per device) x the
+    number of processes, ``world_size`` when known (a checkpoint records the one its run had),
+    else devices (:func:`resolve_num_devices`) x ``trainer.num_nodes`` of the resolved config ``cfg``.
+
+    Raises:
+        CharLMError: if the number of processes is to be resolved and Lightning refuses the
+            device choice (see :func:`resolve_num_devices`).
+    """
+    if world_size is None:
+        nodes = int((cfg.get("trainer") or {}).get("num_nodes", 1) or 1)
+        world_size = resolve_num_devices(cfg) * nodes
+    return int(cfg["data"]["batch_size"]) * int(world_size)

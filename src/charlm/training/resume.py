@@ -20,7 +20,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from charlm.checkpoint import MODEL_ENTRY, RUN_ENTRY, checkpoint_step, find_checkpoint, load_checkpoint, peek_checkpoint
+from charlm.checkpoint import (
+    MODEL_ENTRY,
+    RUN_ENTRY,
+    checkpoint_step,
+    find_checkpoint,
+    load_checkpoint,
+    peek_checkpoint,
+    saved_rng,
+)
 from charlm.errors import CharLMError
 from charlm.training.history import rebuilds_wandb_history
 from charlm.training.run_config import (
@@ -74,7 +82,9 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
             new.logger.wandb.resume = None if rebuilds_wandb_history(new) else "allow"
     old_resolved = dict(run["config"])
     new_resolved = resolved_config(new)
-    changed, extended = config_changes(old_resolved, new_resolved)
+    # the processes that wrote the checkpoint, as Lightning counted them (format 2 on)
+    old_world = (saved_rng(ckpt.get(MODEL_ENTRY) or {}) or {}).get("world_size")
+    changed, extended = config_changes(old_resolved, new_resolved, old_world)
     step = int(ckpt.get("global_step", 0))
     if changed and not new.get("allow_changes", False):
         raise CharLMError(

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from charlm.training.devices import global_streams
+
 #: Keys whose change on resume alters the training (refused unless ``allow_changes=true``).
 PROTECTED = ("seed", "nonfinite", "data", "model", "optimizer", "scheduler")
 PROTECTED_TRAINER = ("precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches", "limit_train_batches")
@@ -88,13 +90,6 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def _global_streams(c: dict) -> int:
-    t = c.get("trainer", {})
-    devices = t.get("devices", 1)
-    n = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, (list, tuple)) else 1)
-    return int(c["data"]["batch_size"]) * max(int(n), 1) * int(t.get("num_nodes", 1) or 1)
-
-
 def _added_default(key: str, value) -> bool:
     """Whether ``key`` is a model option added after a run began, set to its default (which is
     what that run trained with): the AWD-LSTM regularisers, off by default."""
@@ -103,8 +98,17 @@ def _added_default(key: str, value) -> bool:
     return key.startswith("model.") and key.split(".", 1)[1] in REGULARISERS and value == 0.0
 
 
-def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
-    """``(protected changes, extensions)`` between two resolved configs, as ``"key: a -> b"``."""
+def config_changes(old: dict, new: dict, old_world_size: int | None = None) -> tuple[list[str], list[str]]:
+    """``(protected changes, extensions)`` between two resolved configs, as ``"key: a -> b"``.
+
+    The per-device ``data.batch_size`` is compared as the global number of streams
+    (:func:`~charlm.training.devices.global_streams`): the new config's devices as Lightning
+    resolves them here, the old run's processes as its checkpoint records them
+    (``old_world_size``; resolved from ``old`` when not given).
+
+    Raises:
+        CharLMError: if Lightning refuses a device choice that has to be resolved.
+    """
     fo, fn = _flatten(old), _flatten(new)
     changed, extended = [], []
     for k in sorted(set(fo) | set(fn)):
@@ -119,7 +123,7 @@ def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
             changed.append(item)
         elif top == "trainer" and k.split(".", 1)[1] in PROTECTED_TRAINER:
             changed.append(item)
-    go, gn = _global_streams(old), _global_streams(new)
+    go, gn = global_streams(old, old_world_size), global_streams(new)
     if go != gn:
         changed.append(
             f"global streams (data.batch_size x devices x nodes): {go} -> {gn} "
