@@ -109,10 +109,10 @@ def config_changes(old: dict, new: dict, old_world_size: int | None = None) -> t
     Raises:
         CharLMError: if Lightning refuses a device choice that has to be resolved.
     """
-    fo, fn = _flatten(old), _flatten(new)
+    flat_old, flat_new = _flatten(old), _flatten(new)
     changed, extended = [], []
-    for k in sorted(set(fo) | set(fn)):
-        a, b = fo.get(k, "<unset>"), fn.get(k, "<unset>")
+    for k in sorted(set(flat_old) | set(flat_new)):
+        a, b = flat_old.get(k, "<unset>"), flat_new.get(k, "<unset>")
         if a == b or (a == "<unset>" and _added_default(k, b)):
             continue
         top = k.split(".")[0]
@@ -123,10 +123,10 @@ def config_changes(old: dict, new: dict, old_world_size: int | None = None) -> t
             changed.append(item)
         elif top == "trainer" and k.split(".", 1)[1] in PROTECTED_TRAINER:
             changed.append(item)
-    go, gn = global_streams(old, old_world_size), global_streams(new)
-    if go != gn:
+    streams_old, streams_new = global_streams(old, old_world_size), global_streams(new)
+    if streams_old != streams_new:
         changed.append(
-            f"global streams (data.batch_size x devices x nodes): {go} -> {gn} "
+            f"global streams (data.batch_size x devices x nodes): {streams_old} -> {streams_new} "
             "(to resume on another number of devices keep the product: e.g. 2 devices x 4 -> 1 device x 8)"
         )
     return changed, extended
@@ -139,33 +139,34 @@ def _lr_factor(sched_cfg: dict | None, total: int, step: int) -> float | None:
         return None
     from hydra.utils import instantiate
 
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     try:
-        d = instantiate(sched_cfg)(opt, total_steps=total)
+        sched = instantiate(sched_cfg)(optimizer, total_steps=total)
     except Exception:  # pragma: no cover - a schedule we cannot evaluate offline
         return None
-    if not d or d.get("interval") != "step" or not hasattr(d["scheduler"], "lr_lambdas"):
+    if not sched or sched.get("interval") != "step" or not hasattr(sched["scheduler"], "lr_lambdas"):
         return None
-    return float(d["scheduler"].lr_lambdas[0](step))
+    return float(sched["scheduler"].lr_lambdas[0](step))
 
 
 def describe_extension(old: dict, new: dict, step: int) -> str:
     """What extending the run does to the learning-rate schedule (for the log)."""
-    to, tn = old["trainer"].get("max_steps", -1), new["trainer"].get("max_steps", -1)
+    steps_old, steps_new = old["trainer"].get("max_steps", -1), new["trainer"].get("max_steps", -1)
     msg = (
         "the LR schedule is rebuilt for the new length (Trainer.estimated_stepping_batches); "
         "the optimizer and scheduler step counts continue from the checkpoint."
     )
-    if isinstance(to, int) and isinstance(tn, int) and to > 0 and tn > 0 and to != tn:
-        fa, fb = _lr_factor(new.get("scheduler"), to, step), _lr_factor(new.get("scheduler"), tn, step)
+    if isinstance(steps_old, int) and isinstance(steps_new, int) and steps_old > 0 and steps_new > 0 and steps_old != steps_new:
+        factor_old = _lr_factor(new.get("scheduler"), steps_old, step)
+        factor_new = _lr_factor(new.get("scheduler"), steps_new, step)
         lr = (new.get("optimizer") or {}).get("lr")
-        if fa is not None and fb is not None and lr is not None:
+        if factor_old is not None and factor_new is not None and lr is not None:
             msg += (
-                f" The schedule now spans {tn} steps instead of {to}: at step {step} the learning rate "
-                f"goes from {lr * fa:.3g} to {lr * fb:.3g} and follows the new curve from there."
+                f" The schedule now spans {steps_new} steps instead of {steps_old}: at step {step} the learning rate "
+                f"goes from {lr * factor_old:.3g} to {lr * factor_new:.3g} and follows the new curve from there."
             )
         else:
-            msg += f" It now spans {tn} steps instead of {to}."
+            msg += f" It now spans {steps_new} steps instead of {steps_old}."
     return msg
 
 
