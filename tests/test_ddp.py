@@ -172,8 +172,8 @@ class NaNStateOnRank(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_rank != self.rank or trainer.global_step != self.step - 1:
             return
-        state = pl_module.train_state or pl_module.net.init_state(batch[0].shape[0])
-        pl_module.train_state = tuple(torch.full_like(s, float("nan")) for s in state)
+        state = pl_module.hidden or pl_module.net.init_state(batch[0].shape[0])
+        pl_module.hidden = tuple(torch.full_like(s, float("nan")) for s in state)
 
 
 def test_nonfinite_skip_on_one_rank_is_decided_by_all_ranks(corpus, tmp_path):

@@ -24,7 +24,7 @@ import pytest
 import torch
 import lightning as L
 
-from charlm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
+from charlm.checkpoint import AtomicCheckpointIO, load_checkpoint, load_initial_weights, model_from_checkpoint
 from charlm.cli.common import quote_overrides
 from charlm.cli.train import train
 from charlm.data.corpus import prepare_corpus
@@ -33,7 +33,6 @@ from charlm.errors import CharLMError
 from charlm.model.module import CharLM
 from charlm.model.rnn import CharRNN
 from charlm.sampling.sampler import default_prime, next_ids, sample
-from charlm.training.resume import load_initial_weights
 try:  # tests/ as a folder of modules (main) or as a package
     from conftest import FAST_TRAIN, compose_cfg
 except ImportError:  # pragma: no cover

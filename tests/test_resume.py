@@ -267,7 +267,7 @@ def test_signal_at_any_moment_leaves_last_ckpt_of_the_last_step(compose, tmp_pat
 
 
 def test_runs_from_before_the_regularisers_resume_without_a_change():
-    from charlm.training.resume import config_changes
+    from charlm.training.run_config import config_changes
 
     data = {"batch_size": 8}
     old = {"data": data, "model": {"hidden_size": 64, "dropout": 0.1}}
@@ -275,6 +275,23 @@ def test_runs_from_before_the_regularisers_resume_without_a_change():
     assert config_changes(old, new) == ([], [])
     changed, _ = config_changes(old, {"data": data, "model": {**new["model"], "weight_drop": 0.5}})
     assert changed == ["model.weight_drop: '<unset>' -> 0.5"]
+
+
+def test_resume_counts_the_global_streams_as_lightning_counts_devices():
+    from charlm.training.run_config import config_changes
+
+    cpu = lambda devices, batch: {"data": {"batch_size": batch}, "trainer": {"accelerator": "cpu", "devices": devices}}  # noqa: E731
+    # "2" is two CPU processes for Lightning (main counted any string as one device)
+    assert config_changes(cpu("2", 4), cpu(1, 8)) == ([], [])
+    changed, _ = config_changes(cpu("2", 4), cpu(1, 4))
+    assert changed == [
+        "global streams (data.batch_size x devices x nodes): 8 -> 4 (to resume on another number of devices "
+        "keep the product: e.g. 2 devices x 4 -> 1 device x 8)"
+    ]
+    # the old run's processes as its checkpoint records them (its config may name devices not here)
+    gpus = {"data": {"batch_size": 4}, "trainer": {"accelerator": "gpu", "devices": 2}}
+    assert config_changes(gpus, cpu(1, 8), old_world_size=2) == ([], [])
+    assert config_changes(gpus, cpu(1, 4), old_world_size=2)[0][0].startswith("global streams (data.batch_size x devices x nodes): 8 -> 4")
 
 
 # ---------------------------------------------------------------------- checkpoint bookkeeping
@@ -396,28 +413,29 @@ def _as_multirun(cfg):
 
 
 def test_multirun_guard_counts_devices_as_lightning_does(compose, tmp_path, monkeypatch):
-    from charlm.training import resume
+    from charlm.sweeps import check_multirun_ddp
+    from charlm.training.devices import resolve_num_devices
 
     for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "LOCAL_RANK", "GROUP_RANK"):
         monkeypatch.delenv(var, raising=False)  # no external launcher
     # one CPU device: "auto" resolves to CPUAccelerator.auto_device_count() = 1, so the sweep runs
     for devices in ("auto", "1", 1):
         cfg = _as_multirun(compose("train", tmp_path, ["trainer=cpu", f"trainer.devices={devices}"]))
-        resume.check_multirun_ddp(cfg)  # main refused "auto" (it counted any string as 2)
-        assert resume.resolve_num_devices(cfg) == 1
+        check_multirun_ddp(cfg)  # main refused "auto" (it counted any string as 2)
+        assert resolve_num_devices(cfg) == 1
     # two CPU processes (as a string too): refused, naming the count
     for devices in ("2", "'2'"):
         cfg = _as_multirun(compose("train", tmp_path, ["trainer=ddp_cpu", f"trainer.devices={devices}"]))
         with pytest.raises(CharLMError, match="jobs use 2 devices each"):
-            resume.check_multirun_ddp(cfg)
+            check_multirun_ddp(cfg)
     # -1 is not let through: Lightning refuses it on the CPU (on GPUs it means all of them)
     cfg = _as_multirun(compose("train", tmp_path, ["trainer=cpu", "trainer.devices=-1"]))
     with pytest.raises(CharLMError, match=r"trainer.devices=-1 with trainer.accelerator='cpu'.*int > 0"):
-        resume.check_multirun_ddp(cfg)  # main let it through (n = -1)
+        check_multirun_ddp(cfg)  # main let it through (n = -1)
     if not torch.cuda.is_available():
         cfg = _as_multirun(compose("train", tmp_path, ["trainer=ddp"]))  # accelerator gpu, devices -1
         with pytest.raises(CharLMError, match="trainer.devices=-1 with trainer.accelerator='gpu'"):
-            resume.check_multirun_ddp(cfg)
+            check_multirun_ddp(cfg)
 
 
 # ---------------------------------------------------------------------------------- job_status.yaml
@@ -441,7 +459,7 @@ def test_job_status_of_a_stopped_then_resumed_run_keeps_its_overrides_and_value(
     finished run again trains nothing and keeps the value of its final weights; a refused resume
     leaves the record alone. charlm-report shows each status."""
     from charlm.evaluation.report import build_report
-    from charlm.training.resume import merge_overrides
+    from charlm.training.run_config import merge_overrides
 
     run = tmp_path / "run"
     own = _overrides(tiny_corpus, 20)

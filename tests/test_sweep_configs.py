@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from charlm.sweeps import job_dirname
+from charlm.config import job_dirname
 
 
 def test_job_dirname_is_bounded_unique_and_flat():

@@ -119,7 +119,7 @@ def test_job_report_records_a_signal_stopped_job_as_interrupted(tmp_path):
     from hydra.core.utils import JobReturn, JobStatus
 
     from charlm.sweeps import JOB_STATUS_FILE, JobReport
-    from charlm.training.resume import TrainingInterrupted
+    from charlm.errors import TrainingInterrupted
 
     config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}, "job": {"num": 3}}})
     ret = JobReturn(overrides=["model.hidden_size=32"], status=JobStatus.FAILED,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from charlm.errors import CharLMError
+
 _PKG = Path(__file__).resolve().parent
 
 
@@ -24,10 +26,19 @@ def _wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "offline").lower() != "online"
 
 
-def _run_dir(target, default: str) -> str:
-    from charlm.training.resume import resume_run_dir
+def resume_run_dir(target, default: str) -> str:
+    """OmegaConf resolver ``charlm.run_dir``: the run dir of ``resume=<target>`` (so Hydra writes
+    into the run being resumed instead of a new folder), else ``default``. Never raises: a bad
+    target is reported by :func:`charlm.training.resume.prepare_resume`."""
+    if target in (None, "", "None", "null"):
+        return default
+    from charlm.checkpoint import find_checkpoint  # torch and Lightning: only for a resume=
 
-    return resume_run_dir(target, default)
+    try:
+        _, run_dir = find_checkpoint(target)
+    except CharLMError:
+        return default
+    return str(run_dir) if run_dir is not None else default
 
 
 def app_options(name: str) -> str:
@@ -53,18 +64,34 @@ def app_options(name: str) -> str:
     return "\n".join(out).strip("\n").replace("$", "$$")
 
 
+def job_dirname(num, overrides="", max_len: int = 120) -> str:
+    """The sub-folder name of multirun job ``num``: ``<num>_<overrides>`` (Hydra's
+    ``override_dirname``), with ``/`` replaced by ``_`` and cut to ``max_len`` characters
+    (a cut name ends in ``~`` and 8 hex digits of the overrides' SHA-1), so that many overrides
+    never exceed the file system's 255-byte name limit. The job number keeps names unique
+    within a sweep; the sweep folder itself is stamped to the microsecond.
+
+    Used as ``${charlm.job_dirname:${hydra.job.num},${hydra.job.override_dirname}}``."""
+    import hashlib
+
+    text = str(overrides or "").replace("/", "_").replace("\\", "_")
+    name = f"{num}_{text}" if text else str(num)
+    if len(name) > max_len:
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+        name = f"{name[: max_len - 9]}~{digest}"
+    return name
+
+
 def register_resolvers() -> None:
     """Register ``${charlm.wandb_offline:}``, ``${charlm.run_dir:<resume>,<default>}``,
     ``${charlm.job_dirname:num,overrides}`` and ``${charlm.app_options:<app>}`` (idempotent)."""
     if not OmegaConf.has_resolver("charlm.wandb_offline"):
         OmegaConf.register_new_resolver("charlm.wandb_offline", _wandb_offline)
     if not OmegaConf.has_resolver("charlm.run_dir"):
-        OmegaConf.register_new_resolver("charlm.run_dir", _run_dir)
+        OmegaConf.register_new_resolver("charlm.run_dir", resume_run_dir)
     if not OmegaConf.has_resolver("charlm.app_options"):
         OmegaConf.register_new_resolver("charlm.app_options", app_options)
     if not OmegaConf.has_resolver("charlm.job_dirname"):
-        from charlm.sweeps import job_dirname
-
         OmegaConf.register_new_resolver("charlm.job_dirname", job_dirname)
 
 

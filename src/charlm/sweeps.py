@@ -1,5 +1,6 @@
-"""Sweep plumbing: W&B run identity per job, finishing runs, the sweep objective, and a Hydra
-callback that reports failed jobs.
+"""Sweep plumbing: W&B run identity per job, finishing runs, the sweep objective, a Hydra
+callback that reports failed jobs, and the guard against multirun jobs that would launch DDP
+processes themselves (:func:`check_multirun_ddp`).
 
 A Hydra multirun (``charlm-train -m model.hidden_size=128,256 optimizer.lr=1e-3,3e-3``) runs
 every job in the same process (BasicLauncher) or in worker processes (joblib, submitit). Each
@@ -32,24 +33,6 @@ log = logging.getLogger("charlm.sweeps")
 JOB_STATUS_FILE = "job_status.yaml"
 
 
-def job_dirname(num: Any, overrides: Any = "", max_len: int = 120) -> str:
-    """The sub-folder name of multirun job ``num``: ``<num>_<overrides>`` (Hydra's
-    ``override_dirname``), with ``/`` replaced by ``_`` and cut to ``max_len`` characters
-    (a cut name ends in ``~`` and 8 hex digits of the overrides' SHA-1), so that many overrides
-    never exceed the file system's 255-byte name limit. The job number keeps names unique
-    within a sweep; the sweep folder itself is stamped to the microsecond.
-
-    Used as ``${charlm.job_dirname:${hydra.job.num},${hydra.job.override_dirname}}``."""
-    import hashlib
-
-    text = str(overrides or "").replace("/", "_").replace("\\", "_")
-    name = f"{num}_{text}" if text else str(num)
-    if len(name) > max_len:
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
-        name = f"{name[: max_len - 9]}~{digest}"
-    return name
-
-
 def _hydra_cfg() -> DictConfig | None:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -59,12 +42,22 @@ def _hydra_cfg() -> DictConfig | None:
         return None
 
 
-def _is_multirun(hc: DictConfig | None) -> bool:
-    if hc is None:
-        return False
-    from hydra.types import RunMode
+def is_multirun(hydra_cfg=None) -> bool:
+    """Whether Hydra runs this job as part of a multirun (``-m``). ``hydra_cfg``: the ``hydra``
+    node of a job's config (a Hydra callback's ``config.hydra``); by default the running app's
+    (``HydraConfig``). ``False`` outside Hydra."""
+    try:
+        from hydra.types import RunMode
 
-    return OmegaConf.select(hc, "mode", default=None) == RunMode.MULTIRUN
+        if hydra_cfg is None:
+            from hydra.core.hydra_config import HydraConfig
+
+            if not HydraConfig.initialized():
+                return False
+            hydra_cfg = HydraConfig.get()
+        return OmegaConf.select(hydra_cfg, "mode", default=None) == RunMode.MULTIRUN
+    except Exception:  # pragma: no cover - Hydra not set up (plain python use)
+        return False
 
 
 def name_wandb_run(cfg: DictConfig) -> None:
@@ -84,7 +77,7 @@ def name_wandb_run(cfg: DictConfig) -> None:
     hc = _hydra_cfg()
     if wb is None or hc is None:
         return
-    multirun = _is_multirun(hc)
+    multirun = is_multirun(hc)
     overrides = OmegaConf.select(hc, "job.override_dirname", default="") or ""
     if multirun:
         # every override of the job, the ones override_dirname leaves out (seed, ...) included:
@@ -142,7 +135,7 @@ def objective(metrics: dict[str, float]) -> float | None:
             job (and Optuna the trial) as failed instead of ranking a NaN.
     """
     value = metrics.get("best/val_bpc", metrics.get("val/bpc"))
-    if value is not None and not math.isfinite(value) and _is_multirun(_hydra_cfg()):
+    if value is not None and not math.isfinite(value) and is_multirun():
         raise CharLMError(
             f"the run's val/bpc is {value}: training diverged. Lower optimizer.lr or keep gradient clipping on."
         )
@@ -186,10 +179,10 @@ def write_job_status(
             old = {}
     record: dict[str, Any] = {"status": status, "overrides": [str(o) for o in overrides]}
     if resume is not None:
-        from charlm.training.resume import merge_overrides, run_overrides
+        from charlm.training.run_config import merge_overrides, override_key, run_overrides
 
         if old.get("overrides"):  # a stop_after_steps belonged to the invocation that stopped the run
-            kept = [str(o) for o in old["overrides"] if str(o).split("=", 1)[0].lstrip("+~") != "stop_after_steps"]
+            kept = [str(o) for o in old["overrides"] if override_key(str(o)) != "stop_after_steps"]
             record["overrides"] = merge_overrides(kept, run_overrides(list(resume["overrides"])))
         if step is not None and step == resume.get("from_step") and status == "COMPLETED" and "value" in old:
             value = old.get("value")  # nothing trained: the final weights, and their value, are unchanged
@@ -365,7 +358,7 @@ class JobReport(Callback):
         out = Path(str(config.hydra.runtime.output_dir))
         overrides = list(job_return.overrides or [])
         # a single run has no job number, and reports its own errors (charlm.cli.common.clean_errors)
-        multirun = _is_multirun(config.hydra)
+        multirun = is_multirun(config.hydra)
         err = job_return._return_value if job_return.status == JobStatus.FAILED else None
         interrupted = type(err).__name__ == "TrainingInterrupted"  # stopped by a signal, last.ckpt written
         error = f"{type(err).__name__}: {err}" if err is not None and not interrupted else None
@@ -390,3 +383,37 @@ class JobReport(Callback):
         else:
             value = job_return._return_value
             write_job_status(out, job_return.status.name, overrides, value=float(value) if isinstance(value, (int, float)) else None)
+
+
+def check_multirun_ddp(cfg: DictConfig) -> None:
+    """Refuse a Hydra multirun whose jobs would launch DDP processes themselves.
+
+    Lightning's subprocess launcher re-runs the command line for every extra rank, which in a
+    multirun would start the whole sweep again. Jobs may use several devices when a launcher
+    starts one process per device (SLURM via ``hydra/launcher=submitit_slurm`` with
+    ``tasks_per_node`` = devices per node, or torchrun). The device count is resolved as the
+    Trainer resolves it (:func:`~charlm.training.devices.resolve_num_devices`): ``trainer.devices=-1`` on a machine with
+    two GPUs is two devices, ``"auto"`` on the CPU is one.
+
+    Raises:
+        CharLMError: in a multirun with more than one device per job and no external launcher,
+            or with a device choice Lightning refuses.
+    """
+    if not is_multirun():
+        return
+    from charlm.training.devices import resolve_num_devices  # Lightning: only in a multirun
+
+    n = resolve_num_devices(cfg)
+    nodes = int(OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1)
+    if n * nodes <= 1:
+        return
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect() or TorchElasticEnvironment.detect():
+        return
+    raise CharLMError(
+        f"this multirun's jobs use {n * nodes} devices each, but no launcher starts one process per device "
+        "(Lightning would re-run the whole sweep for every extra rank). Run the sweep with one device per job "
+        "(trainer.devices=1), or launch it on SLURM with hydra/launcher=submitit_slurm and "
+        "hydra.launcher.tasks_per_node=<devices per node> (see README, 'Resuming and scaling out')."
+    )

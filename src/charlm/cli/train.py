@@ -19,15 +19,19 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from charlm.checkpoint import AtomicCheckpointIO
-from charlm.cli.common import command, hydra_app, is_multirun, shown_path, user_error
+from charlm.checkpoint import AtomicCheckpointIO, RunInfo, checkpoint_step, find_checkpoint, load_initial_weights
+from charlm.cli.common import command, hydra_app, shown_path, user_error
 from charlm.data.datamodule import CharDataModule
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, StopTraining, TrainingInterrupted
 from charlm.model.module import CharLM
 from charlm.options import Opt, check_options
 from charlm.training import resume
-from charlm.training.callbacks import FinalValidation, LastCheckpoint
-from charlm.sweeps import finish_wandb, mark_recorded, name_wandb_run, objective, write_job_status
+from charlm.training.callbacks import FinalValidation
+from charlm.training.history import keep_csv_history, rebuild_wandb_history, rebuilds_wandb_history
+from charlm.training.run_config import current_overrides, resolved_config, run_overrides
+from charlm.training.run_dir import check_new_run_dir
+from charlm.training.stopping import GracefulStop, LastCheckpoint
+from charlm.sweeps import check_multirun_ddp, finish_wandb, is_multirun, mark_recorded, name_wandb_run, objective, write_job_status
 
 log = logging.getLogger("charlm.train")
 
@@ -102,10 +106,11 @@ def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
 
 
 def build(cfg: DictConfig, overrides: list[str] | None = None,
-          stop: resume.StopControl | None = None) -> tuple[CharDataModule, CharLM, L.Trainer]:
+          stop: GracefulStop | None = None) -> tuple[CharDataModule, CharLM, L.Trainer]:
     """Instantiate the DataModule, the LightningModule and the Trainer from a composed config
     (``overrides``: the Hydra overrides that compose it, stored in checkpoints for ``resume=``;
-    ``stop``: the run's :class:`~charlm.training.resume.StopControl`, a new one if not given)."""
+    ``stop``: the run's :class:`~charlm.training.stopping.GracefulStop`, a new one if not given;
+    it saves with the run's :class:`~charlm.training.stopping.LastCheckpoint`)."""
     dm: CharDataModule = _instantiate(cfg.data, "data")
     dm.prepare()  # vocabulary first: the model's output size depends on it
     module = CharLM(
@@ -127,13 +132,10 @@ def build(cfg: DictConfig, overrides: list[str] | None = None,
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     if not OmegaConf.select(cfg, "trainer.enable_model_summary", default=True):
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ModelSummary)]
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.pop("hydra", None)  # type: ignore[union-attr]
-    callbacks += [
-        resume.RunInfo(resolved, resume.run_overrides(overrides or [])),  # type: ignore[arg-type]
-        FinalValidation(),
-        stop if stop is not None else resume.StopControl(cfg.get("stop_after_steps")),
-    ]
+    if stop is None:
+        stop = GracefulStop(cfg.get("stop_after_steps"))
+    stop.last_checkpoint = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
+    callbacks += [RunInfo(resolved_config(cfg), run_overrides(overrides or [])), FinalValidation(), stop]
     # last.ckpt after the best-k checkpoints: rewritten at a validation, it holds their ranking
     callbacks.sort(key=lambda c: isinstance(c, LastCheckpoint))
     trainer: L.Trainer = _instantiate(
@@ -185,7 +187,7 @@ def train(cfg: DictConfig, record: dict[str, Any] | None = None) -> dict[str, fl
     ``val/bpc``, ``val/ppl`` when a val split exists, ``best/val_bpc``).
 
     SIGINT and SIGTERM are caught from the start (data preparation and logger set-up included):
-    see :class:`~charlm.training.resume.StopControl`.
+    see :class:`~charlm.training.stopping.GracefulStop`.
 
     ``record``, when given, is filled with what the run's ``job_status.yaml`` needs, as soon as
     it is known: ``overrides`` (the run's own), ``resume`` (``{"overrides", "from_step"}`` when
@@ -193,44 +195,44 @@ def train(cfg: DictConfig, record: dict[str, Any] | None = None) -> dict[str, fl
     run stopped there before ``trainer.max_steps``).
 
     Raises:
-        resume.TrainingInterrupted: after a run stopped by SIGINT/SIGTERM (``last.ckpt`` of the
+        TrainingInterrupted: after a run stopped by SIGINT/SIGTERM (``last.ckpt`` of the
             last completed step written, summary printed), carrying the metrics and the exit code.
     """
     check_options(cfg, OPTIONS)
-    stop = resume.StopControl(cfg.get("stop_after_steps"))
+    stop = GracefulStop(cfg.get("stop_after_steps"))
     with stop.catching_signals():
         return _train(cfg, stop, {} if record is None else record)
 
 
-def _train(cfg: DictConfig, stop: resume.StopControl, record: dict[str, Any]) -> dict[str, float]:
-    resume.check_multirun_ddp(cfg)
-    overrides = resume.current_overrides(cfg)
+def _train(cfg: DictConfig, stop: GracefulStop, record: dict[str, Any]) -> dict[str, float]:
+    check_multirun_ddp(cfg)
+    overrides = current_overrides(cfg)
     record["overrides"] = list(overrides)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
-        ckpt_path = str(resume.find_checkpoint(ckpt_path, option="ckpt_path")[0])  # a missing checkpoint is an error
+        ckpt_path = str(find_checkpoint(ckpt_path, option="ckpt_path")[0])  # a missing checkpoint is an error
     if cfg.get("resume"):
         if cfg.get("init_from"):
             raise CharLMError("resume= and init_from= exclude each other: resume continues a run, init_from starts a new one")
         invocation = list(overrides)
         cfg, found, overrides = resume.prepare_resume(cfg)
         ckpt_path = str(found)
-        record.update(overrides=list(overrides), resume={"overrides": invocation, "from_step": resume.checkpoint_step(found)})
+        record.update(overrides=list(overrides), resume={"overrides": invocation, "from_step": checkpoint_step(found)})
     fit_intervals_to_run(cfg)
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     if not cfg.get("resume"):
-        resume.check_new_run_dir(out)
+        check_new_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     dm, module, trainer = build(cfg, overrides, stop)
     record["trainer"] = trainer
     if cfg.get("init_from"):
-        resume.load_initial_weights(module, cfg.init_from)
+        load_initial_weights(module, cfg.init_from)
     if cfg.get("resume"):
         resume.check_resumed_corpus(ckpt_path, dm.corpus, bool(cfg.get("allow_changes")), cfg.resume)
-        rows = resume.keep_csv_history(trainer, resume.checkpoint_step(ckpt_path))
-        if resume.rebuilds_wandb_history(cfg):
-            resume.rebuild_wandb_history(trainer, ckpt_path, rows)
+        rows = keep_csv_history(trainer, checkpoint_step(ckpt_path))
+        if rebuilds_wandb_history(cfg):
+            rebuild_wandb_history(trainer, ckpt_path, rows)
     log.info(
         "model: %s %dx%d, %s parameters; data: batch %d x seq %d",
         module.net.cell, module.net.num_layers, module.net.hidden_size,
@@ -240,16 +242,16 @@ def _train(cfg: DictConfig, stop: resume.StopControl, record: dict[str, Any]) ->
     t0 = time.time()
     stopped_early = True
     if stop.signalled:  # before training started (data preparation, logger set-up): train nothing
-        stop.stop_before_training(resume.checkpoint_step(ckpt_path) if ckpt_path else 0)
+        stop.stop_before_training(checkpoint_step(ckpt_path) if ckpt_path else 0)
     else:
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
             stopped_early = False
-        except resume.StopTraining:
+        except StopTraining:
             pass
         except SIGTERMException:
             # Lightning's own SIGTERM handling (only in force between Trainer.fit installing it
-            # and StopControl.on_train_start): the run stopped before its first step
+            # and GracefulStop.on_train_start): the run stopped before its first step
             stop.note_signal("SIGTERM")
             stop.stop_before_training(trainer.global_step)
     wall = time.time() - t0
@@ -264,7 +266,7 @@ def _train(cfg: DictConfig, stop: resume.StopControl, record: dict[str, Any]) ->
     if trainer.is_global_zero:
         summarize(cfg, trainer, module, metrics, wall, stopped)
     if stopped in ("SIGINT", "SIGTERM"):
-        raise resume.TrainingInterrupted(stopped, trainer.global_step, metrics)
+        raise TrainingInterrupted(stopped, trainer.global_step, metrics)
     return metrics
 
 
@@ -331,14 +333,12 @@ def summarize(cfg: DictConfig, trainer: L.Trainer, module: CharLM, metrics: dict
 def checkpoints_on_disk(trainer: L.Trainer, out: Path) -> tuple[Path | None, Path, list[str]]:
     """What the run's checkpoint folder holds now: ``(last.ckpt or None, folder, lines)``, the
     lines naming ``last.ckpt`` with its step and the best-k files by ``val/loss``."""
-    from charlm.training.callbacks import LastCheckpoint
-
     lastcb = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)), None)
     last = lastcb.last_path if lastcb is not None else out / "checkpoints" / "last.ckpt"
     ckdir = last.parent
     lines = []
     if last.is_file():
-        lines.append(f"{last.name} (step {resume.checkpoint_step(last):,})")
+        lines.append(f"{last.name} (step {checkpoint_step(last):,})")
     else:
         last = None
     for cb in trainer.checkpoint_callbacks:
@@ -363,7 +363,7 @@ def run(cfg: DictConfig) -> float | None:
     try:
         try:
             metrics = train(cfg, record)
-        except resume.TrainingInterrupted as e:
+        except TrainingInterrupted as e:
             interrupted = e
         finally:
             finish_wandb(metrics, failed=metrics is None)
@@ -380,7 +380,7 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def record_status(cfg: DictConfig, record: dict[str, Any], value: float | None = None,
-                  interrupted: resume.TrainingInterrupted | None = None, error: BaseException | None = None) -> None:
+                  interrupted: TrainingInterrupted | None = None, error: BaseException | None = None) -> None:
     """Write the run's ``job_status.yaml`` (:func:`charlm.sweeps.write_job_status`) from what
     :func:`train` put in ``record``: COMPLETED, STOPPED (``stop_after_steps``), INTERRUPTED
     (SIGINT/SIGTERM, or a second Ctrl-C) or FAILED (``error``). A ``resume=`` refused before
@@ -394,7 +394,7 @@ def record_status(cfg: DictConfig, record: dict[str, Any], value: float | None =
     if error is not None and trainer is None and cfg.get("resume"):
         mark_recorded(out)  # nothing of the run changed: its own record stands
         return
-    overrides = record.get("overrides", resume.current_overrides(cfg))
+    overrides = record.get("overrides", current_overrides(cfg))
     if interrupted is not None or isinstance(error, KeyboardInterrupt):
         message = str(interrupted) if interrupted is not None else f"training aborted by a second Ctrl-C at step {step}"
         write_job_status(out, "INTERRUPTED", overrides, step=step, error=message, resume=rec_resume)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,15 +20,14 @@ import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from charlm.checkpoint import MODEL_ENTRY, model_entry, saved_hidden, saved_rng
 from charlm.data.streams import IGNORE_INDEX
 from charlm.errors import CharLMError
 from charlm.evaluation.metrics import CharNLL, loss_to_metrics
 from charlm.model.rnn import CharRNN, State
+from charlm.model.run_state import gather_hidden, gather_rng_states, local_hidden, restore_rng_states
 
 log = logging.getLogger(__name__)
-
-#: Bump when the layout of the ``"charlm"`` checkpoint entry changes.
-CHECKPOINT_FORMAT = 2  # 2: train_state is global (all ranks), rng per rank
 
 
 class CharLM(L.LightningModule):
@@ -83,9 +81,10 @@ class CharLM(L.LightningModule):
         )
         self.val_nll = CharNLL()
         self.test_nll = CharNLL()
-        self.train_state: State | None = None
-        self._resumed_state: dict[str, Any] | None = None  # global train state from a checkpoint
-        self.eval_state: State | None = None
+        #: the hidden state carried from one training window to the next (``None``: zeros)
+        self.hidden: State | None = None
+        self._resumed_hidden: dict[str, Any] | None = None  # global hidden state from a checkpoint
+        self.eval_hidden: State | None = None  # validation/test: carried over the whole split
         self._tokens = 0
         self._t_last: float | None = None
         self._last_loss: torch.Tensor | None = None
@@ -111,23 +110,23 @@ class CharLM(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         if self._train_loader() is None:
-            self.train_state = None  # every stream starts the epoch from a zero state
+            self.hidden = None  # every stream starts the epoch from a zero state
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loader = self._train_loader()
         if loader is not None and loader.next_trained_index() == 0:
             # The loader's own position decides (not Lightning's epoch counter, which can move
             # on a restart): every stream starts the data epoch from a zero state.
-            self.train_state = None
-            self._resumed_state = None
-        if self._resumed_state is not None:
-            self.train_state = self._take_resumed_state()
+            self.hidden = None
+            self._resumed_hidden = None
+        if self._resumed_hidden is not None:
+            self.hidden = self._take_resumed_hidden()
         if loader is not None:
             # this batch counts as trained for checkpoints written after this step (callbacks'
             # on_train_batch_end runs before the module's, so it cannot be marked there)
             loader.mark_trained()
-        loss, state = self._nll(batch, self.train_state, "mean")
-        self.train_state = tuple(s.detach() for s in state)
+        loss, state = self._nll(batch, self.hidden, "mean")
+        self.hidden = tuple(s.detach() for s in state)
         self._last_loss = loss.detach()  # checked with the gradient norm: one host sync per step
         self._tokens += batch[0].numel()
         # sync_dist: under DDP the mean over all ranks' streams (equal token counts per rank)
@@ -184,7 +183,7 @@ class CharLM(L.LightningModule):
             for p in params:
                 p.grad = None  # torch optimizers leave parameters without a gradient untouched
             if bad_loss:
-                self.train_state = None  # do not carry a NaN/Inf hidden state into the next window
+                self.hidden = None  # do not carry a NaN/Inf hidden state into the next window
             return
         raise CharLMError(
             f"non-finite {what} ({value.item()}) at step {step}: training stopped and no checkpoint "
@@ -242,7 +241,7 @@ class CharLM(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch, metric: CharNLL) -> None:
-        nll, self.eval_state = self._nll(batch, self.eval_state, "sum")
+        nll, self.eval_hidden = self._nll(batch, self.eval_hidden, "sum")
         metric.update(nll, (batch[1] != IGNORE_INDEX).sum())
 
     def _eval_end(self, metric: CharNLL, prefix: str) -> dict[str, float]:
@@ -257,7 +256,7 @@ class CharLM(L.LightningModule):
         from charlm.evaluation.evaluate import burn_in_state  # (charlm.evaluation imports charlm.model)
 
         # every stream starts from its burn-in (the text before its segment), not from zeros
-        self.eval_state = burn_in_state(self.net, self.trainer.val_dataloaders)
+        self.eval_hidden = burn_in_state(self.net, self.trainer.val_dataloaders)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_nll)
@@ -272,7 +271,7 @@ class CharLM(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         from charlm.evaluation.evaluate import burn_in_state
 
-        self.eval_state = burn_in_state(self.net, self.trainer.test_dataloaders)
+        self.eval_hidden = burn_in_state(self.net, self.trainer.test_dataloaders)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_nll)
@@ -293,31 +292,23 @@ class CharLM(L.LightningModule):
                 f"refusing to write a checkpoint at step {self.global_step}: parameters {bad[:3]} hold NaN/Inf; "
                 "the last good checkpoint is kept."
             )
-        from charlm.training import resume as _resume
-
-        checkpoint["charlm"] = {
-            "format": CHECKPOINT_FORMAT,
-            "vocab": self.vocab,
-            "model": self.net.config(),
-            "data": self.data_config,
-            # [num_layers, G, hidden_size] tensors: every stream of every rank, in global order
-            "train_state": _resume.gather_train_state(self, self.train_state),
-            "rng": _resume.gather_rng_states(self),
-        }
+        checkpoint[MODEL_ENTRY] = model_entry(
+            vocab=self.vocab,
+            model=self.net.config(),
+            data=self.data_config,
+            hidden=gather_hidden(self, self.hidden),  # every stream of every rank, in global order
+            rng=gather_rng_states(self),
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from charlm.training import resume as _resume
-
-        entry = checkpoint.get("charlm") or {}
-        state = entry.get("train_state")
+        entry = checkpoint.get(MODEL_ENTRY) or {}
+        hidden = saved_hidden(entry)
         # sliced to this rank's streams at the first training step (the rank is known by then)
-        self._resumed_state = {"state": state} if state is not None else None
-        self.train_state = None
-        _resume.restore_rng_states(self, entry.get("rng"))
+        self._resumed_hidden = {"hidden": hidden} if hidden is not None else None
+        self.hidden = None
+        restore_rng_states(self, saved_rng(entry))
 
-    def _take_resumed_state(self) -> State | None:
-        from charlm.training import resume as _resume
-
-        pending, self._resumed_state = self._resumed_state, None
+    def _take_resumed_hidden(self) -> State | None:
+        pending, self._resumed_hidden = self._resumed_hidden, None
         assert pending is not None
-        return _resume.local_train_state(self, pending["state"])
+        return local_hidden(self, pending["hidden"])

@@ -1,10 +1,9 @@
-"""Callbacks: samples during training, ``last.ckpt`` that is also written when training ends, the
-validation after the last step, and what the console shows (progress lines without a terminal,
-the progress bar on one, the model summary)."""
+"""Callbacks: samples during training, the validation after the last step, and what the console
+shows (progress lines without a terminal, the progress bar on one, the model summary).
+``last.ckpt`` is written by :class:`~charlm.training.stopping.LastCheckpoint`."""
 
 from __future__ import annotations
 
-import copy
 import datetime
 import logging
 import math
@@ -13,12 +12,13 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks import ModelSummary as _ModelSummary
 from lightning.pytorch.loggers import WandbLogger
 
 from charlm.data.vocab import Vocab
 from charlm.sampling.sampler import sample
+from charlm.training.stopping import LastCheckpoint  # noqa: F401 - re-export: conf/callbacks/last_checkpoint.yaml names it here
 
 log = logging.getLogger(__name__)
 
@@ -134,96 +134,6 @@ def read_samples(path: str | Path) -> list[dict]:
             lines.pop()
         r["text"] = "\n".join(lines)
     return out
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """The one writer of ``last.ckpt``: the newest state of the run, from which ``resume=`` continues.
-
-    ``last.ckpt`` is written (always through :meth:`write_last`):
-
-    - every ``every_n_train_steps`` optimizer steps;
-    - after the run's last step (``trainer.max_steps``), so a run extended later continues exactly;
-    - when training ends otherwise (``max_epochs``, ``max_time``);
-    - when a stop asks for it (:class:`~charlm.training.resume.StopControl`: ``stop_after_steps``,
-      Ctrl-C, SIGTERM).
-
-    A ``last.ckpt`` written at a step that is then validated is written again right after that
-    validation, once the best-k files are saved (Lightning runs checkpoint callbacks after the
-    others, in the order configured: ``model_checkpoint`` before ``last_checkpoint``). It then
-    holds that validation's result and the best-k bookkeeping, so a run resumed from it neither
-    validates that step again nor loses track of a best-k file (``save_top_k`` files stay
-    ``save_top_k``). Writes are atomic (:class:`~charlm.checkpoint.AtomicCheckpointIO`).
-
-    That rewrite keeps the loops' position written at the end of the step, so Lightning resumes it
-    as it resumes any step-end checkpoint (a checkpoint taken during a validation at the last batch
-    of an epoch would otherwise train a batch twice on resume). ``last.ckpt`` is replaced, never
-    versioned as ``last-v1.ckpt`` (``enable_version_counter=False``).
-    """
-
-    def __init__(self, dirpath: str, every_n_train_steps: int = 250, **kwargs):
-        kwargs.setdefault("enable_version_counter", False)
-        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps, **kwargs)
-        self._written_step: int | None = None  # optimizer step of the last last.ckpt this process wrote
-        self._after_validation: int | None = None  # step whose last.ckpt is due when its validation ends
-        self._writing = False  # a dump of ours (on_save_checkpoint runs for every callback's)
-        self._step_end_loops: tuple[int, dict] | None = None  # (step, loops state written at its end)
-
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        self._writing = True
-        try:
-            super()._save_checkpoint(trainer, filepath)
-        finally:
-            self._writing = False
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        if not self._writing:
-            return
-        ours = self._step_end_loops
-        if trainer.validating and ours is not None and ours[0] == trainer.global_step:
-            checkpoint["loops"] = copy.deepcopy(ours[1])
-        else:
-            self._step_end_loops = (trainer.global_step, copy.deepcopy(checkpoint["loops"]))
-
-    @property
-    def last_path(self) -> Path:
-        """Where ``last.ckpt`` is written."""
-        return Path(self.dirpath or ".") / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-
-    def write_last(self, trainer: L.Trainer) -> None:
-        """Write ``last.ckpt`` of the current optimizer step (``trainer.global_step``) now, or,
-        while the step's validation is running, as soon as it ends. Does nothing when this step's
-        ``last.ckpt`` is already written. A collective under DDP: every rank calls it at the same
-        point (rank 0 writes)."""
-        step = trainer.global_step
-        if trainer.validating:
-            self._after_validation = step
-        elif self._written_step != step:
-            self._write(trainer)
-
-    def _write(self, trainer: L.Trainer) -> None:
-        if trainer.fast_dev_run:  # debug=fdr writes no checkpoint (as Lightning's ModelCheckpoint)
-            return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        self._written_step = trainer.global_step
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        every = self._every_n_train_steps
-        final = trainer.max_steps is not None and trainer.max_steps > 0 and step >= trainer.max_steps
-        if (every > 0 and step % every == 0) or final:
-            self.write_last(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
-            return
-        step = trainer.global_step
-        if step in (self._after_validation, self._written_step):
-            self._after_validation = None
-            self._write(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step > 0:
-            self.write_last(trainer)
 
 
 def validation_off(trainer: L.Trainer) -> str | None:
