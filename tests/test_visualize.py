@@ -123,6 +123,11 @@ def test_text_features():
     assert bits["in_comment"] == "000000000000001110000000"
     assert bits["word_position"] == "101230120123401010123010"
     assert bits["caps_line"] == "000000000000000000111100"
+    assert bits["in_single_quotes"] == "0" * len(text)
+    code = "def f(x):\n    s = 'a(b'\n\tif x:\n"
+    cf = {k: "".join(str(int(v) % 10) for v in a) for k, a in text_features(code).items()}
+    assert cf["indentation"] == "0000000000" + "12344444444440" + "1111110"  # 4 spaces, then a tab
+    assert cf["in_single_quotes"] == "0000000000" + "00000000111110" + "0000000"
     block = text_features("x /* y */ z // w\nv")["in_comment"]
     assert "".join(str(int(v)) for v in block) == "001111111000111100"
 

@@ -14,11 +14,13 @@ import numpy as np
 #: Feature name -> short description shown in the page.
 FEATURES = {
     "in_quotes": 'inside "double quotes"',
+    "in_single_quotes": "inside 'single quotes' (strings in code; an apostrophe in prose also toggles it)",
     "line_position": "characters since the last newline",
     "bracket_depth": "nesting depth of ( [ {",
     "in_comment": "inside a comment (# or // to the end of the line, /* ... */)",
     "word_position": "characters since the last space or newline",
     "caps_line": "in a line whose letters so far are all capitals (speaker names in plays)",
+    "indentation": "spaces and tabs at the start of the line (code indentation)",
 }
 
 
@@ -30,7 +32,10 @@ def text_features(text: str) -> dict[str, np.ndarray]:
     ``bracket_depth`` is the number of open ``([{`` (never below 0); ``in_comment`` is 1 from
     ``#`` or ``//`` to the end of the line and inside ``/* ... */``; ``word_position`` counts
     characters since the last space or newline (0 at them); ``caps_line`` is 1 while the current
-    line has at least one letter and all its letters so far are capitals (0 at the newline).
+    line has at least one letter and all its letters so far are capitals (0 at the newline);
+    ``in_single_quotes`` is ``in_quotes`` for ``'``; ``indentation`` counts the spaces and tabs
+    that start the current line, growing through them and then held to the end of the line
+    (0 at the newline).
     """
     n = len(text)
     quotes = np.zeros(n)
@@ -39,7 +44,10 @@ def text_features(text: str) -> dict[str, np.ndarray]:
     comment = np.zeros(n)
     word = np.zeros(n)
     caps = np.zeros(n)
+    squotes = np.zeros(n)
+    indent = np.zeros(n)
     wcol, n_upper, n_lower = 0, 0, 0
+    insq, ind, leading = False, 0, True
     inq, col, d, line_c, block_start = False, 0, 0, False, -1
     for t, ch in enumerate(text):
         prev = text[t - 1] if t else ""
@@ -77,7 +85,20 @@ def text_features(text: str) -> dict[str, np.ndarray]:
             n_upper += ch.isupper()
             n_lower += not ch.isupper()
         caps[t] = float(n_upper > 0 and n_lower == 0)
-    return {"in_quotes": quotes, "line_position": pos, "bracket_depth": depth, "in_comment": comment, "word_position": word, "caps_line": caps}
+        if ch == "'":
+            insq = not insq
+            squotes[t] = 1.0  # both quote marks count as inside
+        else:
+            squotes[t] = float(insq)
+        if ch == "\n":
+            ind, leading = 0, True
+        elif leading and ch in " \t":
+            ind += 1
+        else:
+            leading = False
+        indent[t] = ind
+    return {"in_quotes": quotes, "in_single_quotes": squotes, "line_position": pos, "bracket_depth": depth,
+            "in_comment": comment, "word_position": word, "caps_line": caps, "indentation": indent}
 
 
 def correlations(acts: np.ndarray, feature: np.ndarray) -> np.ndarray:
