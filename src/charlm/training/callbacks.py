@@ -18,7 +18,6 @@ from lightning.pytorch.loggers import WandbLogger
 
 from charlm.data.vocab import Vocab
 from charlm.sampling.sampler import sample
-from charlm.training.stopping import LastCheckpoint  # noqa: F401 - re-export: conf/callbacks/last_checkpoint.yaml names it here
 
 log = logging.getLogger(__name__)
 

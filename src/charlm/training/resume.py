@@ -178,9 +178,3 @@ def keep_newer_last(ckpt_path: Path, run_dir: Path, step: int) -> Path | None:
     )
     return aside
 
-
-# Old names, re-exported until their users move: conf/train.yaml (hydra.callbacks) names
-# charlm.training.resume.NewRunDirGuard; the tail of charlm.cli.train (hydra_main,
-# record_status) names resume.TrainingInterrupted.
-from charlm.errors import TrainingInterrupted  # noqa: E402,F401
-from charlm.training.run_dir import NewRunDirGuard  # noqa: E402,F401
