@@ -24,8 +24,8 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from charlm.cli.common import command
 from charlm.errors import CharLMError
+from charlm.shell import command, shown_path
 
 log = logging.getLogger("charlm.sweeps")
 
@@ -353,8 +353,6 @@ class JobReport(Callback):
             sys.exit(2)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from charlm.cli.common import shown_path
-
         out = Path(str(config.hydra.runtime.output_dir))
         overrides = list(job_return.overrides or [])
         # a single run has no job number, and reports its own errors (charlm.cli.common.clean_errors)

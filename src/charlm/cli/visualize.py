@@ -18,11 +18,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import decode_escapes, hydra_app, pick_device, shown_path
+from charlm.cli.common import decode_escapes, hydra_app, pick_device
 from charlm.data.corpus import naming_options, prepare_corpus, read_text
 from charlm.data.streams import DEFAULT_SPLITS, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.options import Opt, check_options
+from charlm.shell import shown_path
 from charlm.visualize.build import visualize_samples, visualize_text
 
 log = logging.getLogger("charlm.visualize")
