@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from charlm.errors import CharLMError
 from charlm.shell import shell_arg
+from charlm.sweeps import is_multirun
 
 
 def utf8_stdout() -> None:
@@ -375,16 +376,6 @@ def write_output(cfg: Any, name: str, text: str) -> Path | None:
     out.mkdir(parents=True, exist_ok=True)
     (out / name).write_text(text, encoding="utf-8")
     return out / name
-
-
-def is_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:
-        return False
 
 
 def user_error(e: BaseException) -> CharLMError | None:
