@@ -25,12 +25,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from charlm.errors import CharLMError
+from charlm.job_status import JOB_STATUS_FILE
 from charlm.shell import command, shown_path
 
 log = logging.getLogger("charlm.sweeps")
-
-#: File written into every job's run dir by :class:`JobReport` (read by ``charlm-report``).
-JOB_STATUS_FILE = "job_status.yaml"
 
 
 def _hydra_cfg() -> DictConfig | None:
