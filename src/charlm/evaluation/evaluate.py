@@ -1,6 +1,6 @@
 """Loss, bits per character and perplexity of a model over a whole text, with carried state.
 
-One implementation for validation during training (:class:`~charlm.model.module.CharLM`) and
+One implementation for validation during training (:class:`~charlm.training.module.CharLM`) and
 ``charlm-eval``: both read the text as :class:`~charlm.data.streams.BPTTLoader` evaluation
 streams, and both start each stream from :func:`burn_in_state`.
 """

@@ -6,7 +6,7 @@ recomposes the run's config from the overrides stored in the checkpoint plus the
 ``allow_changes=true``), and points the run at the same run dir and W&B run id; a newer
 ``last.ckpt`` is kept aside (:func:`keep_newer_last`). :func:`check_resumed_corpus` compares the
 corpus once it is prepared. Lightning then restores weights, optimizer, LR scheduler, loop
-counters and the train loader's position; :class:`~charlm.model.module.CharLM` restores the
+counters and the train loader's position; :class:`~charlm.training.module.CharLM` restores the
 hidden state of every stream and the RNG states (:mod:`charlm.model.run_state`); the logs are
 continued by :mod:`charlm.training.history`.
 """
