@@ -37,7 +37,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from charlm.data.vocab import Vocab
+from charlm.data.vocab import Vocab, vocab_difference
 from charlm.errors import CharLMError
 from charlm.files import new_temp_file
 from charlm.model.rnn import CharRNN
@@ -290,8 +290,7 @@ def load_initial_weights(module, path: str | Path) -> Path:
     entry = ckpt[MODEL_ENTRY]
     old_vocab, new_vocab = list(entry["vocab"]), list(module.vocab)
     if old_vocab != new_vocab:
-        only_old = sorted(set(old_vocab) - set(new_vocab))
-        only_new = sorted(set(new_vocab) - set(old_vocab))
+        only_old, only_new = vocab_difference(old_vocab, new_vocab)
         raise CharLMError(
             f"init_from={path}: the corpus's vocabulary differs from the checkpoint's "
             f"({len(new_vocab)} vs {len(old_vocab)} characters); only in the checkpoint: {only_old!r}; "

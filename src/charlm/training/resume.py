@@ -29,6 +29,7 @@ from charlm.checkpoint import (
     peek_checkpoint,
     saved_rng,
 )
+from charlm.data.vocab import vocab_difference
 from charlm.errors import CharLMError
 from charlm.training.history import rebuilds_wandb_history
 from charlm.training.run_config import (
@@ -124,8 +125,7 @@ def check_resumed_corpus(ckpt_path: str | Path, corpus, allow_changes: bool = Fa
     what = f"resume={target if target is not None else ckpt_path}"
     old_vocab, new_vocab = list(entry.get("vocab") or []), list(corpus.vocab.chars)
     if old_vocab and old_vocab != new_vocab:
-        only_old = sorted(set(old_vocab) - set(new_vocab))
-        only_new = sorted(set(new_vocab) - set(old_vocab))
+        only_old, only_new = vocab_difference(old_vocab, new_vocab)
         raise CharLMError(
             f"{what}: the corpus {corpus.source} no longer has the run's vocabulary "
             f"({len(old_vocab)} -> {len(new_vocab)} characters; only in the run's: {only_old!r}; only in the "
