@@ -24,9 +24,10 @@ from charlm.checkpoint import MODEL_ENTRY, model_entry, saved_hidden, saved_rng
 from charlm.data.streams import IGNORE_INDEX
 from charlm.errors import CharLMError
 from charlm.evaluation.evaluate import burn_in_state
-from charlm.evaluation.metrics import CharNLL, loss_to_metrics
+from charlm.evaluation.metrics import CharNLL
 from charlm.model.rnn import CharRNN, State
 from charlm.model.run_state import gather_hidden, gather_rng_states, local_hidden, restore_rng_states
+from charlm.units import loss_to_metrics
 
 log = logging.getLogger(__name__)
 

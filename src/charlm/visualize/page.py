@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from charlm.evaluation.metrics import nats_to_bits
+from charlm.units import nats_to_bits
 from charlm.visualize.activations import Trace
 
 CSS = """
