@@ -24,7 +24,7 @@ from torch import nn
 from benchmarks.common import median, sgemm_flops
 from charlm.config import config_dir
 from charlm.data.streams import IGNORE_INDEX, BPTTLoader
-from charlm.evaluation.metrics import nats_to_bits
+from charlm.units import nats_to_bits
 
 
 def compose_train(out: Path, overrides: list[str]) -> DictConfig:

@@ -11,8 +11,8 @@ import pytest
 
 import charlm.training.callbacks as callbacks
 from charlm.cli.train import train
-from charlm.model.module import CharLM
 from charlm.training.callbacks import ModelSummary, ProgressBar, ProgressLog
+from charlm.training.module import CharLM
 from conftest import FAST_TRAIN, compose_cfg
 
 

@@ -1,4 +1,4 @@
-"""The command line as users type and paste it (charlm.cli.common and the apps' entry points):
+"""The command line as users type and paste it (charlm.cli.common, charlm.shell and the apps' entry points):
 free text and paths go in verbatim, every override is checked before Hydra reads it, a user error
 is one ``error:`` line with exit status 2, each app's --help shows its own options, and every
 command charlm prints runs when pasted back.
@@ -24,9 +24,10 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from charlm.cli.common import check_overrides, command, decode_argv, hydra_quote, quote_overrides, shell_arg
+from charlm.cli.common import check_overrides, decode_argv, hydra_quote, quote_overrides
 from charlm.cli.train import train
 from charlm.errors import CharLMError
+from charlm.shell import command, shell_arg
 from conftest import FAST_TRAIN, REPO, compose_cfg
 
 #: Every character the issue lists as breaking free text, and a space.

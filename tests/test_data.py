@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.data.corpus import CorpusSettingError, prepare_corpus, resolve_corpus_path
+from charlm.data.corpus import CorpusSettingError, prepare_corpus, resolve_corpus_path, training_corpus
 from charlm.data.datamodule import CharDataModule
 from charlm.data.streams import IGNORE_INDEX, BPTTLoader, split_bounds
 from charlm.data.vocab import Vocab, id_dtype
@@ -185,6 +185,24 @@ def test_multibyte_corpus(tmp_path):
     assert c.vocab.chars == sorted(set(text))
     assert c.vocab.decode(c.ids) == text
     assert int(c.ids.max()) < len(c.vocab)
+
+
+def test_training_corpus_of_a_checkpoint(shakespeare_path, tmp_path):
+    """charlm-eval and charlm-visualize reopen a checkpoint's training corpus the same way: the
+    prepared corpus when its file is here; else one error with the app's own hint; a bad
+    setting named by the app's option."""
+    hint = "evaluate a file instead: charlm-eval ckpt=... file=<text file>"
+    names = {"path": "file", "encoding": "encoding"}
+    c = training_corpus({"source": str(shakespeare_path)}, "utf-8", "normalize", tmp_path, names, hint)
+    assert c.sha256 == prepare_corpus(shakespeare_path, cache_dir=tmp_path).sha256 and len(c.ids) > 1_000_000
+    gone = tmp_path / "gone.txt"
+    for data, shown in (({"source": str(gone)}, repr(str(gone))), ({}, "None")):
+        with pytest.raises(CharLMError) as e:
+            training_corpus(data, "utf-8", "normalize", tmp_path, names, hint)
+        assert str(e.value) == f"the checkpoint's training corpus {shown} is not available here; {hint}"
+    with pytest.raises(CharLMError) as e:
+        training_corpus({"source": str(shakespeare_path)}, "no-such-codec", "normalize", tmp_path, {"encoding": "enc"}, hint)
+    assert not isinstance(e.value, CorpusSettingError) and "enc='no-such-codec'" in str(e.value)
 
 
 def test_split_sizes():

@@ -195,7 +195,7 @@ import json, sys
 import lightning as L
 from lightning.pytorch.strategies import DDPStrategy
 from charlm.data.datamodule import CharDataModule
-from charlm.model.module import CharLM
+from charlm.training.module import CharLM
 
 ckpt, corpus, devices, streams = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 module = CharLM.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)

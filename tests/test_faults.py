@@ -30,9 +30,9 @@ from charlm.cli.train import train
 from charlm.data.corpus import prepare_corpus
 from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
-from charlm.model.module import CharLM
 from charlm.model.rnn import CharRNN
 from charlm.sampling.sampler import default_prime, next_ids, sample
+from charlm.training.module import CharLM
 try:  # tests/ as a folder of modules (main) or as a package
     from conftest import FAST_TRAIN, compose_cfg
 except ImportError:  # pragma: no cover

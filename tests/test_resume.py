@@ -90,7 +90,7 @@ def best_files(run_dir: Path) -> list[str]:
 def assert_same_run(full: Path, cut: Path, total: int) -> None:
     """A stopped-and-resumed run equals the run never stopped: weights, every train loss, the
     validation rows, the best-k files and the sample blocks."""
-    from charlm.training.callbacks import read_samples
+    from charlm.sampling.samples_file import read_samples
 
     assert_same_params(full, cut)
     lf, lc = train_losses(full), train_losses(cut)
@@ -384,7 +384,7 @@ def test_resume_from_an_earlier_checkpoint_keeps_each_sample_block_once(compose,
     """samples.txt and the samples of the checkpoint (the W&B table's rows) after a resume from an
     earlier checkpoint are those of a run never resumed: blocks written after that checkpoint are
     dropped (those steps run again), blocks before it kept."""
-    from charlm.training.callbacks import read_samples
+    from charlm.sampling.samples_file import read_samples
 
     extra = ("callbacks.samples.length=30",)
     full = tmp_path / "full"

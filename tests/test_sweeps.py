@@ -118,7 +118,8 @@ def test_job_report_records_a_signal_stopped_job_as_interrupted(tmp_path):
     last.ckpt) is recorded as INTERRUPTED, not COMPLETED or a generic failure."""
     from hydra.core.utils import JobReturn, JobStatus
 
-    from charlm.sweeps import JOB_STATUS_FILE, JobReport
+    from charlm.job_status import JOB_STATUS_FILE
+    from charlm.sweeps import JobReport
     from charlm.errors import TrainingInterrupted
 
     config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}, "job": {"num": 3}}})
@@ -163,7 +164,8 @@ def test_job_report_reports_a_failed_job_in_one_line_and_its_traceback_to_the_lo
     from hydra.core.utils import JobReturn, JobStatus
     from hydra.types import RunMode
 
-    from charlm.sweeps import JOB_STATUS_FILE, JobReport, SweepJobFailed
+    from charlm.job_status import JOB_STATUS_FILE
+    from charlm.sweeps import JobReport, SweepJobFailed
 
     def boom():
         raise ValueError("a bug, not bad input")

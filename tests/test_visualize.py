@@ -24,7 +24,7 @@ from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
 from charlm.model.rnn import CharRNN
 from charlm.sampling.sampler import sample
-from charlm.training.callbacks import SAMPLE_HEADER, read_samples
+from charlm.sampling.samples_file import SAMPLE_HEADER, read_samples
 from charlm.visualize import (
     find_cells,
     gate_saturation,

@@ -1,6 +1,6 @@
 """The checkpoint: its format, and every write, search and read of one.
 
-A checkpoint is Lightning's dict (``state_dict`` with the :class:`~charlm.model.module.CharLM`
+A checkpoint is Lightning's dict (``state_dict`` with the :class:`~charlm.training.module.CharLM`
 weights under ``net.``, ``optimizer_states``, ``lr_schedulers``, ``loops``, ``callbacks``,
 ``global_step``, ...) plus two entries of charlm's own, both plain types and tensors so that the
 file loads with ``torch.load(weights_only=True)``:
@@ -37,8 +37,10 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from charlm.data.vocab import Vocab, vocab_difference
 from charlm.errors import CharLMError
 from charlm.files import new_temp_file
+from charlm.model.rnn import CharRNN
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +270,6 @@ def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 def model_from_checkpoint(ckpt: dict[str, Any]):
     """Rebuild the :class:`~charlm.model.rnn.CharRNN` and :class:`~charlm.data.vocab.Vocab` of a
     checkpoint loaded by :func:`load_checkpoint`. Returns ``(net, vocab)`` with ``net`` in eval mode."""
-    # imported here: charlm.model's package imports charlm.model.module, which imports this module
-    from charlm.data.vocab import Vocab
-    from charlm.model.rnn import CharRNN
-
     entry = ckpt[MODEL_ENTRY]
     net = CharRNN(**entry["model"])
     net.load_state_dict(net_state_dict(ckpt))
@@ -281,7 +279,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]):
 
 def load_initial_weights(module, path: str | Path) -> Path:
     """``init_from=<checkpoint>``: copy a checkpoint's network weights into ``module`` (a
-    :class:`~charlm.model.module.CharLM`; a new run with its own optimizer and schedule).
+    :class:`~charlm.training.module.CharLM`; a new run with its own optimizer and schedule).
 
     Raises:
         CharLMError: if the vocabularies differ (the message lists the characters only in one of
@@ -292,8 +290,7 @@ def load_initial_weights(module, path: str | Path) -> Path:
     entry = ckpt[MODEL_ENTRY]
     old_vocab, new_vocab = list(entry["vocab"]), list(module.vocab)
     if old_vocab != new_vocab:
-        only_old = sorted(set(old_vocab) - set(new_vocab))
-        only_new = sorted(set(new_vocab) - set(old_vocab))
+        only_old, only_new = vocab_difference(old_vocab, new_vocab)
         raise CharLMError(
             f"init_from={path}: the corpus's vocabulary differs from the checkpoint's "
             f"({len(new_vocab)} vs {len(old_vocab)} characters); only in the checkpoint: {only_old!r}; "

@@ -24,13 +24,11 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from charlm.cli.common import command
 from charlm.errors import CharLMError
+from charlm.job_status import JOB_STATUS_FILE
+from charlm.shell import command, shown_path
 
 log = logging.getLogger("charlm.sweeps")
-
-#: File written into every job's run dir by :class:`JobReport` (read by ``charlm-report``).
-JOB_STATUS_FILE = "job_status.yaml"
 
 
 def _hydra_cfg() -> DictConfig | None:
@@ -353,8 +351,6 @@ class JobReport(Callback):
             sys.exit(2)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from charlm.cli.common import shown_path
-
         out = Path(str(config.hydra.runtime.output_dir))
         overrides = list(job_return.overrides or [])
         # a single run has no job number, and reports its own errors (charlm.cli.common.clean_errors)

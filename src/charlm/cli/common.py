@@ -1,6 +1,6 @@
 """Shared pieces of the command-line apps: the Hydra entry points (:func:`hydra_app`), the
 command line as typed (free text and paths verbatim, every override checked), clean error exits,
-UTF-8 output, devices, printed commands that paste back."""
+UTF-8 output, devices (printed commands and paths: :mod:`charlm.shell`)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import codecs
 import functools
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from charlm.errors import CharLMError
+from charlm.shell import shell_arg
+from charlm.sweeps import is_multirun
 
 
 def utf8_stdout() -> None:
@@ -170,30 +171,6 @@ def quote_overrides(argv: list[str]) -> list[str]:
 
 #: Characters that give an unquoted Hydra value a structure (list, dict, function call, sweep).
 _STRUCTURE = set("[]{}()")
-
-#: Shell characters that are safe inside double quotes.
-_SHELL_SAFE_IN_DOUBLE = re.compile(r'[^"$`\\!]*')
-
-
-def shell_arg(arg: str) -> str:
-    """``arg`` quoted for a POSIX shell, readably: as is when safe (``ckpt=runs/0_a=1,b=2/last.ckpt``),
-    in double quotes when that suffices (``"prime='It\\'s'"`` ...), else :func:`shlex.quote`."""
-    if arg and re.fullmatch(r"[\w@%+=:,./~-]+", arg) and not arg.startswith("~"):
-        return arg
-    if _SHELL_SAFE_IN_DOUBLE.fullmatch(arg):
-        return f'"{arg}"'
-    return shlex.quote(arg)
-
-
-def command(app: str, *args: str, **options: Any) -> str:
-    """A command line that runs as printed when pasted into a shell: ``app`` then ``args`` and
-    ``key=value`` for each option, each quoted for the shell (:func:`shell_arg`); charlm's own
-    quoting (:func:`quote_overrides`) takes free text and paths from there verbatim.
-    Example: ``command("charlm-sample", ckpt=path)``."""
-    parts = [app, *(shell_arg(a) for a in args)]
-    parts += [shell_arg(f"{k}={v}") for k, v in options.items()]
-    return " ".join(parts)
-
 
 def decode_argv(argv: list[str]) -> list[str]:
     """Arguments that Python decoded with surrogate escapes (a non-UTF-8 locale such as
@@ -390,17 +367,6 @@ def pick_device(name: Any, option: str = "device"):
     return dev
 
 
-def shown_path(path: str | os.PathLike) -> str:
-    """``path`` as charlm prints it: relative to the current directory when it lies under it
-    (``outputs/train/runs/...``, as the README shows it), else absolute. Symbolic links are not
-    resolved, so a path the user typed stays recognisable."""
-    p = Path(os.path.abspath(path))
-    try:
-        return str(p.relative_to(Path.cwd())) or "."
-    except ValueError:
-        return str(p)
-
-
 def write_output(cfg: Any, name: str, text: str) -> Path | None:
     """Write ``text`` (UTF-8) to ``<paths.output_dir>/<name>``, the app's run dir, creating it;
     returns the path, or ``None`` when the config has no output dir (plain Python use)."""
@@ -410,16 +376,6 @@ def write_output(cfg: Any, name: str, text: str) -> Path | None:
     out.mkdir(parents=True, exist_ok=True)
     (out / name).write_text(text, encoding="utf-8")
     return out / name
-
-
-def is_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:
-        return False
 
 
 def user_error(e: BaseException) -> CharLMError | None:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.common import hydra_app, pick_device, write_output
-from charlm.data.corpus import naming_options, prepare_corpus
+from charlm.data.corpus import naming_options, prepare_corpus, training_corpus
 from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss
@@ -67,14 +66,10 @@ def run(cfg: DictConfig) -> dict:
         ids, context, what = corpus.ids, None, str(corpus.source)
     else:
         split = str(cfg.split)
-        source = data.get("source")
-        if not source or not Path(source).is_file():
-            raise CharLMError(
-                f"the checkpoint's training corpus {source!r} is not available here; evaluate a file instead: "
-                "charlm-eval ckpt=... file=<text file>"
-            )
-        with naming_options(CORPUS_OPTIONS):
-            corpus = prepare_corpus(source, encoding, newline, cache_dir)
+        corpus = training_corpus(
+            data, encoding, newline, cache_dir, CORPUS_OPTIONS, "evaluate a file instead: charlm-eval ckpt=... file=<text file>"
+        )
+        source = data["source"]
         if data.get("sha256") and corpus.sha256 != data["sha256"]:
             log.warning("%s changed since training (sha256 differs): its splits may not be the ones trained on", source)
         ids, context = split_of(corpus.ids, data.get("splits", DEFAULT_SPLITS), split)

@@ -13,9 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from charlm.cli.common import shown_path, utf8_stdout
+from charlm.cli.common import utf8_stdout
 from charlm.errors import CharLMError
 from charlm.evaluation.report import build_report
+from charlm.shell import shown_path
 
 
 class _Parser(argparse.ArgumentParser):

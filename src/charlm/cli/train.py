@@ -20,14 +20,15 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from charlm.checkpoint import AtomicCheckpointIO, RunInfo, checkpoint_step, find_checkpoint, load_initial_weights
-from charlm.cli.common import command, hydra_app, shown_path, user_error
+from charlm.cli.common import hydra_app, user_error
 from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError, StopTraining, TrainingInterrupted
-from charlm.model.module import CharLM
 from charlm.options import Opt, check_options
+from charlm.shell import command, shown_path
 from charlm.training import resume
 from charlm.training.callbacks import FinalValidation
 from charlm.training.history import keep_csv_history, rebuild_wandb_history, rebuilds_wandb_history
+from charlm.training.module import CharLM
 from charlm.training.run_config import current_overrides, resolved_config, run_overrides
 from charlm.training.run_dir import check_new_run_dir
 from charlm.training.stopping import GracefulStop, LastCheckpoint

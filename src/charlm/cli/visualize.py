@@ -18,11 +18,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli.common import decode_escapes, hydra_app, pick_device, shown_path
-from charlm.data.corpus import naming_options, prepare_corpus, read_text
+from charlm.cli.common import decode_escapes, hydra_app, pick_device
+from charlm.data.corpus import naming_options, read_text, training_corpus
 from charlm.data.streams import DEFAULT_SPLITS, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.options import Opt, check_options
+from charlm.shell import shown_path
 from charlm.visualize.build import visualize_samples, visualize_text
 
 log = logging.getLogger("charlm.visualize")
@@ -66,14 +67,11 @@ def resolve_text(cfg: DictConfig, ckpt: dict) -> tuple[str, str]:
     split = str(cfg.split)
     if split not in SPLITS:
         raise CharLMError(f"split={split!r} must be train, val or test (or give text=<file or string>)")
-    source = data.get("source")
-    if not source or not Path(source).is_file():
-        raise CharLMError(
-            f"the checkpoint's training corpus {source!r} is not available here; give the text: "
-            "charlm-visualize ckpt=... text=<file or string>"
-        )
-    with naming_options(CORPUS_OPTIONS):
-        corpus = prepare_corpus(source, encoding, newline, cfg.paths.get("cache_dir"))
+    corpus = training_corpus(
+        data, encoding, newline, cfg.paths.get("cache_dir"), CORPUS_OPTIONS,
+        "give the text: charlm-visualize ckpt=... text=<file or string>",
+    )
+    source = data["source"]
     ids, _ = split_of(corpus.ids, data.get("splits", DEFAULT_SPLITS), split)
     offset = int(cfg.get("offset") or 0)
     if offset < 0 or offset >= len(ids):

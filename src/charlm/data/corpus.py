@@ -437,6 +437,31 @@ def prepare_corpus(
     return prepared
 
 
+def training_corpus(
+    data: Mapping, encoding: str, newline: str, cache_dir: str | os.PathLike | None, names: Mapping[str, str], hint: str
+) -> PreparedCorpus:
+    """Prepare the corpus a checkpoint was trained on, for an app that reads a split of it
+    (``charlm-eval``, ``charlm-visualize``).
+
+    Args:
+        data: the checkpoint's description of its training data (``ckpt["charlm"]["data"]``);
+            its ``source`` is the corpus file.
+        encoding, newline, cache_dir: as for :func:`prepare_corpus`.
+        names: the app's option for each corpus setting, for its errors (:func:`naming_options`).
+        hint: what to give instead when the corpus is not available, with the app's command
+            (``"give the text: charlm-visualize ckpt=... text=<file or string>"``).
+
+    Raises:
+        CharLMError: ``the checkpoint's training corpus '<source>' is not available here; <hint>``
+            when the checkpoint names no corpus or the file is not here; else as :func:`prepare_corpus`.
+    """
+    source = data.get("source")
+    if not source or not Path(source).is_file():
+        raise CharLMError(f"the checkpoint's training corpus {source!r} is not available here; {hint}")
+    with naming_options(names):
+        return prepare_corpus(source, encoding, newline, cache_dir)
+
+
 def _build_entry(
     source: Path, encoding: str, newline: str, sha: str, entry: Path, chunk_bytes: int, counted: tuple | None = None,
 ) -> None:

@@ -9,7 +9,7 @@ A split of ``N`` ids is cut into ``G`` contiguous streams of length ``L`` (``bat
 
 Consecutive batches continue every stream and nothing is shuffled, so the model's hidden state
 carries over from batch ``i`` to ``i+1`` (the training step detaches it between steps:
-:class:`~charlm.model.module.CharLM`).
+:class:`~charlm.training.module.CharLM`).
 
 Rank-aware: with ``world_size`` processes there are ``G = world_size * batch_size`` global
 streams and rank ``r`` owns streams ``r*B .. (r+1)*B - 1``, so the global batch is

@@ -101,6 +101,13 @@ class Vocab:
         return lut
 
 
+def vocab_difference(old: Iterable[str], new: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``(only in old, only in new)``: the characters of each vocabulary that the other lacks,
+    sorted (both empty when they hold the same characters, in whatever order)."""
+    old, new = set(old), set(new)
+    return sorted(old - new), sorted(new - old)
+
+
 def describe_chars(chars: Iterable[str], limit: int = 20) -> str:
     """Human-readable list of characters with their code points, e.g. ``'é' (U+00E9)``."""
     chars = list(chars)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from charlm.data.vocab import Vocab
-from charlm.evaluation.metrics import nats_to_bits
+from charlm.units import nats_to_bits
 
 
 def count_newlines(ids: np.ndarray, vocab: Vocab) -> int:

@@ -1,6 +1,6 @@
 """Loss, bits per character and perplexity of a model over a whole text, with carried state.
 
-One implementation for validation during training (:class:`~charlm.model.module.CharLM`) and
+One implementation for validation during training (:class:`~charlm.training.module.CharLM`) and
 ``charlm-eval``: both read the text as :class:`~charlm.data.streams.BPTTLoader` evaluation
 streams, and both start each stream from :func:`burn_in_state`.
 """
@@ -15,8 +15,8 @@ from charlm.data.corpus import PreparedCorpus
 from charlm.data.streams import EVAL_BURN_IN, IGNORE_INDEX, BPTTLoader
 from charlm.data.vocab import Vocab, describe_chars
 from charlm.errors import CharLMError
-from charlm.evaluation.metrics import loss_to_metrics
 from charlm.model.rnn import CharRNN, State
+from charlm.units import loss_to_metrics
 
 
 def remap_ids(corpus: PreparedCorpus, vocab: Vocab) -> np.ndarray:

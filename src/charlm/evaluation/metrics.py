@@ -1,5 +1,5 @@
-"""Loss units (nats, bits, perplexity) and the token-weighted character cross-entropy as a
-torchmetrics ``Metric``.
+"""The token-weighted character cross-entropy as a torchmetrics ``Metric`` (its units, nats ->
+bits and perplexity: :mod:`charlm.units`).
 
 The states are a float64 sum of nats and an integer count, reduced by ``sum`` across
 processes, so ``val/loss`` under DDP equals the single-process value and stays finite whatever
@@ -8,18 +8,8 @@ the training precision (bf16 sums of ~1e5 losses would saturate).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torchmetrics import Metric
-
-LN2 = math.log(2)
-
-
-def nats_to_bits(loss_nats):
-    """A cross-entropy in bits from one in nats (divided by ln 2): bits per character from
-    nats per character. Works on a float, a numpy array or a tensor."""
-    return loss_nats / LN2
 
 
 class CharNLL(Metric):
@@ -28,7 +18,7 @@ class CharNLL(Metric):
     ``update(nll_sum, count)`` takes the summed cross-entropy (nats, any float dtype) and the
     number of characters it covers; ``compute()`` returns ``nll_sum / count`` as float64.
     Bits per character are ``loss / ln 2`` and perplexity ``exp(loss)``
-    (see :func:`loss_to_metrics`).
+    (see :func:`charlm.units.loss_to_metrics`).
     """
 
     full_state_update = False
@@ -46,8 +36,3 @@ class CharNLL(Metric):
     def compute(self) -> torch.Tensor:
         return self.nll_sum / self.count.clamp(min=1)
 
-
-def loss_to_metrics(loss_nats: float) -> dict[str, float]:
-    """``{"loss": nats/char, "bpc": bits/char, "ppl": perplexity}`` from a loss in nats/char."""
-    loss_nats = float(loss_nats)
-    return {"loss": loss_nats, "bpc": nats_to_bits(loss_nats), "ppl": math.exp(min(loss_nats, 700.0))}

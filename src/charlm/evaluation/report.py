@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from charlm.errors import CharLMError
-from charlm.sweeps import JOB_STATUS_FILE
+from charlm.job_status import JOB_STATUS_FILE
 
 #: Columns of report.csv, in order.
 CSV_COLUMNS = ["rank", "job", "status", "overrides", "best_val_bpc", "final_val_bpc", "steps", "wall_time_s", "num_parameters", "run_dir"]

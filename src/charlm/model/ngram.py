@@ -45,7 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from charlm.errors import CharLMError
-from charlm.evaluation.metrics import loss_to_metrics
+from charlm.units import loss_to_metrics
 
 
 #: The discount schemes: one discount per order, or Chen & Goodman's modified three.

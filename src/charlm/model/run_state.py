@@ -4,7 +4,7 @@ and the RNG states, gathered from every rank when saving and handed back to each
 A checkpoint stores the hidden state globally (``[num_layers, G, hidden_size]``, ``G`` = every
 rank's streams, rank 0's first) and one RNG state per rank, so a run resumes exactly on the
 same number of devices and continues (the same streams re-divided) on another number.
-Used by :class:`~charlm.model.module.CharLM`'s checkpoint hooks; the entry that holds them is
+Used by :class:`~charlm.training.module.CharLM`'s checkpoint hooks; the entry that holds them is
 :func:`charlm.checkpoint.model_entry`.
 """
 

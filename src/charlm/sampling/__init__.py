@@ -1,4 +1,5 @@
-"""Sampling: generate text from a trained model, character by character."""
+"""Sampling: generate text from a trained model, character by character; a run's ``samples.txt``
+(:mod:`charlm.sampling.samples_file`)."""
 
 from charlm.sampling.sampler import default_prime, sample
 

@@ -1,1 +1,2 @@
-"""Training plumbing around Lightning: LR schedules, callbacks, atomic checkpoint writes."""
+"""Training: the LightningModule (:mod:`.module`, the training step) and what runs around it
+in Lightning: callbacks, LR schedules, stopping and ``last.ckpt``, resuming, run dirs, logs."""

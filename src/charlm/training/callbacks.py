@@ -18,12 +18,9 @@ from lightning.pytorch.loggers import WandbLogger
 
 from charlm.data.vocab import Vocab
 from charlm.sampling.sampler import sample
-from charlm.training.stopping import LastCheckpoint  # noqa: F401 - re-export: conf/callbacks/last_checkpoint.yaml names it here
+from charlm.sampling.samples_file import samples_block
 
 log = logging.getLogger(__name__)
-
-SAMPLE_HEADER = "### step={step} temperature={temperature}"
-
 
 class SampleText(L.Callback):
     """At every validation, sample from a fixed prime at each temperature and record the text.
@@ -68,7 +65,7 @@ class SampleText(L.Callback):
         self.rows += new
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "samples.txt", "a", encoding="utf-8") as f:
-            f.write(_samples_block(new))
+            f.write(samples_block(new))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self.log_table(logger, step, self.rows)
@@ -99,41 +96,13 @@ class SampleText(L.Callback):
             by_step.setdefault(int(r[0]), []).append(r)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(_samples_block(rows) for rows in by_step.values()), encoding="utf-8")
+        tmp.write_text("".join(samples_block(rows) for rows in by_step.values()), encoding="utf-8")
         os.replace(tmp, path)
 
 
 #: The W&B table of :class:`SampleText` and its columns.
 SAMPLES_TABLE = "samples"
 SAMPLES_COLUMNS = ("step", "temperature", "text")
-
-
-def _samples_block(rows: list[list]) -> str:
-    """The text :class:`SampleText` appends to ``samples.txt`` for one validation's rows."""
-    return "\n".join(f"{SAMPLE_HEADER.format(step=r[0], temperature=r[1])}\n{r[2]}\n" for r in rows) + "\n"
-
-
-def read_samples(path: str | Path) -> list[dict]:
-    """Parse a ``samples.txt`` written by :class:`SampleText` into
-    ``[{"step": int, "temperature": float, "text": str}, ...]`` in file order."""
-    out: list[dict] = []
-    current = None
-    for line in Path(path).read_text(encoding="utf-8").split("\n"):
-        if line.startswith("### step=") and " temperature=" in line:
-            if current:
-                out.append(current)
-            head = dict(part.split("=", 1) for part in line[4:].split())
-            current = {"step": int(head["step"]), "temperature": float(head["temperature"]), "lines": []}
-        elif current is not None:
-            current["lines"].append(line)
-    if current:
-        out.append(current)
-    for r in out:
-        lines = r.pop("lines")
-        while lines and lines[-1] == "":
-            lines.pop()
-        r["text"] = "\n".join(lines)
-    return out
 
 
 def validation_off(trainer: L.Trainer) -> str | None:

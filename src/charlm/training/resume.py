@@ -6,7 +6,7 @@ recomposes the run's config from the overrides stored in the checkpoint plus the
 ``allow_changes=true``), and points the run at the same run dir and W&B run id; a newer
 ``last.ckpt`` is kept aside (:func:`keep_newer_last`). :func:`check_resumed_corpus` compares the
 corpus once it is prepared. Lightning then restores weights, optimizer, LR scheduler, loop
-counters and the train loader's position; :class:`~charlm.model.module.CharLM` restores the
+counters and the train loader's position; :class:`~charlm.training.module.CharLM` restores the
 hidden state of every stream and the RNG states (:mod:`charlm.model.run_state`); the logs are
 continued by :mod:`charlm.training.history`.
 """
@@ -29,6 +29,7 @@ from charlm.checkpoint import (
     peek_checkpoint,
     saved_rng,
 )
+from charlm.data.vocab import vocab_difference
 from charlm.errors import CharLMError
 from charlm.training.history import rebuilds_wandb_history
 from charlm.training.run_config import (
@@ -124,8 +125,7 @@ def check_resumed_corpus(ckpt_path: str | Path, corpus, allow_changes: bool = Fa
     what = f"resume={target if target is not None else ckpt_path}"
     old_vocab, new_vocab = list(entry.get("vocab") or []), list(corpus.vocab.chars)
     if old_vocab and old_vocab != new_vocab:
-        only_old = sorted(set(old_vocab) - set(new_vocab))
-        only_new = sorted(set(new_vocab) - set(old_vocab))
+        only_old, only_new = vocab_difference(old_vocab, new_vocab)
         raise CharLMError(
             f"{what}: the corpus {corpus.source} no longer has the run's vocabulary "
             f"({len(old_vocab)} -> {len(new_vocab)} characters; only in the run's: {only_old!r}; only in the "
@@ -178,9 +178,3 @@ def keep_newer_last(ckpt_path: Path, run_dir: Path, step: int) -> Path | None:
     )
     return aside
 
-
-# Old names, re-exported until their users move: conf/train.yaml (hydra.callbacks) names
-# charlm.training.resume.NewRunDirGuard; the tail of charlm.cli.train (hydra_main,
-# record_status) names resume.TrainingInterrupted.
-from charlm.errors import TrainingInterrupted  # noqa: E402,F401
-from charlm.training.run_dir import NewRunDirGuard  # noqa: E402,F401

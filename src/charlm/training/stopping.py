@@ -21,6 +21,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from charlm.errors import StopTraining
+from charlm.shell import command, shown_path
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,6 @@ class GracefulStop(L.Callback):
             return
         last.write_last(trainer)  # during a validation: when it ends
         if trainer.is_global_zero:
-            from charlm.cli.common import command, shown_path
-
             log.warning("stopping after step %d (%s), saved to %s. Continue with: %s",
                         trainer.global_step, reason or "another rank was signalled", shown_path(last.last_path),
                         command("charlm-train", resume=shown_path(trainer.default_root_dir)))

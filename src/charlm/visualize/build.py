@@ -13,6 +13,7 @@ import numpy as np
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
 from charlm.model.rnn import CharRNN
+from charlm.sampling.samples_file import read_samples
 from charlm.visualize.activations import Trace, gate_saturation, next_char_stats, trace
 from charlm.visualize.cells import find_cells
 from charlm.visualize.page import cells_page, samples_page
@@ -107,8 +108,6 @@ def visualize_samples(samples_txt: str | Path, out_dir: str | Path, name: str = 
     Raises:
         CharLMError: if the file is missing or holds no samples.
     """
-    from charlm.training.callbacks import read_samples
-
     p = Path(samples_txt)
     if p.is_dir():
         p = p / "samples.txt"

@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
 from charlm.data.vocab import Vocab
+from charlm.shell import shown_path
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ class VisualizeCells(L.Callback):
             pl_module.net, Vocab(pl_module.vocab), text, out,
             subtitle=f"{split} split from character {start:,}, after {trainer.global_step:,} steps.",
         )
-        from charlm.cli.common import shown_path
 
         log.info("cells page: %s", shown_path(res.html_path))
         samples = None

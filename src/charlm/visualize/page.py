@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from charlm.evaluation.metrics import nats_to_bits
+from charlm.units import nats_to_bits
 from charlm.visualize.activations import Trace
 
 CSS = """
@@ -275,7 +275,7 @@ def samples_page(samples: list[dict], title: str = "charlm: evolution of samples
 
     Args:
         samples: ``[{"step": int, "temperature": float, "text": str}, ...]`` as
-            :func:`charlm.training.callbacks.read_samples` returns.
+            :func:`charlm.sampling.samples_file.read_samples` returns.
     """
     items = sorted(samples, key=lambda r: (r["step"], -r["temperature"]))
     blocks = []

@@ -23,9 +23,11 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from charlm.checkpoint import MODEL_ENTRY, model_entry, saved_hidden, saved_rng
 from charlm.data.streams import IGNORE_INDEX
 from charlm.errors import CharLMError
-from charlm.evaluation.metrics import CharNLL, loss_to_metrics
+from charlm.evaluation.evaluate import burn_in_state
+from charlm.evaluation.metrics import CharNLL
 from charlm.model.rnn import CharRNN, State
 from charlm.model.run_state import gather_hidden, gather_rng_states, local_hidden, restore_rng_states
+from charlm.units import loss_to_metrics
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +255,6 @@ class CharLM(L.LightningModule):
         return values
 
     def on_validation_epoch_start(self) -> None:
-        from charlm.evaluation.evaluate import burn_in_state  # (charlm.evaluation imports charlm.model)
-
         # every stream starts from its burn-in (the text before its segment), not from zeros
         self.eval_hidden = burn_in_state(self.net, self.trainer.val_dataloaders)
 
@@ -269,8 +269,6 @@ class CharLM(L.LightningModule):
         self._step_validation_schedulers({f"val/{k}": v for k, v in values.items()})
 
     def on_test_epoch_start(self) -> None:
-        from charlm.evaluation.evaluate import burn_in_state
-
         self.eval_hidden = burn_in_state(self.net, self.trainer.test_dataloaders)
 
     def test_step(self, batch, batch_idx: int) -> None:

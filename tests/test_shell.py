@@ -1,10 +1,10 @@
-"""charlm.cli.common: how the apps print paths."""
+"""charlm.shell: how the apps print paths."""
 
 from __future__ import annotations
 
 import os
 
-from charlm.cli.common import shown_path
+from charlm.shell import shown_path
 
 
 def test_shown_path_is_relative_under_the_current_directory_else_absolute(tmp_path, monkeypatch):
