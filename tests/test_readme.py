@@ -26,7 +26,7 @@ The tests read README.md itself, so they follow it as it changes. What they rely
   20; a resume adds nothing (the run's settings come from its checkpoint).
 
 The fast tests check that every command is known, that every charlm command composes (its keys
-exist), and that the config-group table and the Layout section list what is there; the slow ones
+exist), and that the config-group table and the Architecture section list what is there; the slow ones
 run every block.
 """
 
@@ -524,11 +524,11 @@ def test_config_group_table_lists_every_option_of_every_group():
 
 
 def test_layout_names_every_module():
-    layout = _section("Layout")
+    layout = _section("Architecture")
     src = REPO / "src" / "charlm"
     missing = [str(p.relative_to(src)) for p in sorted(src.rglob("*.py"))
                if p.name not in ("__init__.py", "__main__.py") and p.name not in layout]
-    assert not missing, f"README's Layout section leaves out {missing}"
+    assert not missing, f"README's Architecture section leaves out {missing}"
 
 
 def test_shapes_ignore_numbers_and_code_but_not_fields():
