@@ -141,8 +141,8 @@ def test_paths_with_equals_commas_spaces_and_quotes_are_taken_as_typed(tmp_path)
         assert composed("sample", tmp_path, f"ckpt={path}").ckpt == path
         assert composed("eval", tmp_path, f"file={path}").file == path
         assert composed("visualize", tmp_path, f"out={path}", f"samples={path}").out == path
-        cfg = composed("train", tmp_path, f"resume={path}", f"init_from={path}", f"ckpt_path={path}", f"data.path={path}")
-        assert (cfg.resume, cfg.init_from, cfg.ckpt_path, cfg.data.path) == (path, path, path, path)
+        cfg = composed("train", tmp_path, f"resume={path}", f"init_from={path}", f"ckpt={path}", f"ckpt_path={path}", f"data.path={path}")
+        assert (cfg.resume, cfg.init_from, cfg.ckpt, cfg.ckpt_path, cfg.data.path) == (path, path, path, path, path)
     # a path keeps Hydra's interpolations (free text does not: see above)
     cfg = composed("train", tmp_path, "data.path=${paths.data_dir}/a=b.txt")
     assert cfg.data.path == f"{cfg.paths.data_dir}/a=b.txt"

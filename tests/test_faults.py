@@ -416,9 +416,9 @@ def test_checkpoint_saved_on_a_gpu_samples_evaluates_and_resumes_on_cpu(tmp_path
     assert a.stdout == b.stdout
     r = cli("eval", f"ckpt={gpu}", "split=val", f"hydra.run.dir={tmp_path / 'e'}")
     assert r.returncode == 0 and "bpc" in r.stdout.decode(), r.stderr.decode()
-    # Lightning's own loading (ckpt_path=) reads it onto the CPU too
+    # Lightning's own loading (ckpt=) reads it onto the CPU too
     corpus = load_checkpoint(gpu)["charlm"]["data"]["source"]
-    run_train(tmp_path / "cont", "data=file", f"data.path={corpus}", f"ckpt_path={gpu}", "trainer.max_steps=12")
+    run_train(tmp_path / "cont", "data=file", f"data.path={corpus}", f"ckpt={gpu}", "trainer.max_steps=12")
     assert torch.load(ckpt_of(tmp_path / "cont"), weights_only=True)["global_step"] == 12
 
 
@@ -635,11 +635,11 @@ def test_truncated_or_foreign_checkpoint_is_a_clear_error_naming_the_file(tmp_pa
     with pytest.raises(CharLMError) as e:
         load_checkpoint(dmg)
     assert str(dmg) in str(e.value) and "refused" not in str(e.value) and "\n" not in str(e.value)
-    # every way a user hands over a checkpoint: sample, eval, resume=, init_from=, ckpt_path=
+    # every way a user hands over a checkpoint: sample, eval, resume=, init_from=, ckpt=
     for app, extra in [("sample", []), ("eval", ["split=val"])]:
         r = cli(app, f"ckpt={truncated}", *extra, f"hydra.run.dir={tmp_path / 'x'}")
         assert_clean_error(r, str(truncated), "is not a readable checkpoint")
-    for key in ("resume", "init_from", "ckpt_path"):
+    for key in ("resume", "init_from", "ckpt"):
         with pytest.raises(CharLMError, match=re.escape(str(truncated))):
             run_train(tmp_path / f"t-{key}", "data=file", f"data.path={small_corpus}", f"{key}={truncated}")
 
@@ -666,10 +666,10 @@ def test_checkpoint_whose_pickle_runs_code_is_refused_and_the_code_never_runs(tm
     # torch's own reason in one line (the blocked GLOBAL), without its general advice paragraph
     assert re.search(r"GLOBAL \S*open\b", str(e.value)) and "weights_only" not in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(CharLMError, match="refused to load"):
-        AtomicCheckpointIO().load_checkpoint(evil)  # Lightning's path for ckpt_path=
+        AtomicCheckpointIO().load_checkpoint(evil)  # Lightning's path for ckpt=
     for app, extra in [("sample", []), ("eval", ["split=val"])]:
         assert_clean_error(cli(app, f"ckpt={evil}", *extra, f"hydra.run.dir={tmp_path / 'x'}"), "refused to load", str(evil))
-    for key, value in [("resume", tmp_path), ("init_from", evil), ("ckpt_path", evil)]:
+    for key, value in [("resume", tmp_path), ("init_from", evil), ("ckpt", evil)]:
         with pytest.raises(CharLMError, match="refused to load"):
             run_train(tmp_path / f"t-{key}", "data=file", f"data.path={small_corpus}", f"{key}={value}")
     assert not marker.exists()

@@ -174,7 +174,22 @@ def test_resume_without_checkpoint_is_an_error(compose, tmp_path, tiny_corpus):
     with pytest.raises(CharLMError, match="no checkpoint found"):
         train(compose("train", tmp_path / "x", [f"resume={tmp_path / 'empty'}"]))
     with pytest.raises(CharLMError, match="does not exist|no such"):
-        train(compose("train", tmp_path / "y", _overrides(tiny_corpus, 4, f"ckpt_path={tmp_path / 'nope.ckpt'}")))
+        train(compose("train", tmp_path / "y", _overrides(tiny_corpus, 4, f"ckpt={tmp_path / 'nope.ckpt'}")))
+
+
+def test_ckpt_path_is_the_deprecated_name_of_ckpt(compose, tmp_path, tiny_corpus, caplog):
+    """charlm-train's checkpoint option is ckpt=, as in the other apps; ckpt_path= still works for
+    one release, with a warning, and errors name the option given; both at once is an error."""
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(CharLMError, match=r"^ckpt_path=.*nope\.ckpt: no such"):
+        train(compose("train", tmp_path / "old", _overrides(tiny_corpus, 4, f"ckpt_path={missing}")))
+    assert any("ckpt_path= is deprecated" in r.getMessage() and f"use ckpt={missing}" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with pytest.raises(CharLMError, match=r"^ckpt=.*nope\.ckpt: no such"):
+        train(compose("train", tmp_path / "new", _overrides(tiny_corpus, 4, f"ckpt={missing}")))
+    assert not any("deprecated" in r.getMessage() for r in caplog.records)
+    with pytest.raises(CharLMError, match="one option"):
+        train(compose("train", tmp_path / "both", _overrides(tiny_corpus, 4, f"ckpt={missing}", f"ckpt_path={missing}")))
 
 
 def test_init_from_weights_only_and_vocab_check(compose, tmp_path, tiny_corpus, shared_data):
@@ -509,14 +524,14 @@ def test_an_interrupted_single_run_is_recorded_interrupted(tmp_path, tiny_corpus
 
 
 def test_a_failed_single_run_is_recorded_and_errors_name_the_option_given(tmp_path):
-    """`ckpt_path=nope.ckpt` says ckpt_path (it said `resume=nope.ckpt` and suggested dropping
-    resume=), and the run dir's job_status.yaml says FAILED with the error."""
+    """`ckpt=nope.ckpt` says ckpt (it said `resume=nope.ckpt` and suggested dropping resume=), and
+    the run dir's job_status.yaml says FAILED with the error."""
     run = tmp_path / "run"
-    r = _train_cli(tmp_path, f"hydra.run.dir={run}", "ckpt_path=nope.ckpt", "logger=csv")
+    r = _train_cli(tmp_path, f"hydra.run.dir={run}", "ckpt=nope.ckpt", "logger=csv")
     assert r.returncode == 2
-    assert r.stderr.startswith("error: ckpt_path=nope.ckpt: ") and "resume" not in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ckpt=nope.ckpt: ") and "resume" not in r.stderr and "Traceback" not in r.stderr
     st = _status(run)
-    assert st["status"] == "FAILED" and st["error"].startswith("CharLMError: ckpt_path=nope.ckpt")
+    assert st["status"] == "FAILED" and st["error"].startswith("CharLMError: ckpt=nope.ckpt")
 
 
 def test_stop_after_steps_before_max_steps_is_recorded_stopped(compose, tmp_path, tiny_corpus):

@@ -150,7 +150,7 @@ def find_last(folder: str | os.PathLike) -> Path | None:
 
 
 def find_checkpoint(target: str | Path, option: str = "resume") -> tuple[Path, Path | None]:
-    """``(checkpoint file, run dir)`` for ``<option>=<target>`` (``resume=`` or ``ckpt_path=``).
+    """``(checkpoint file, run dir)`` for ``<option>=<target>`` (``resume=`` or ``ckpt=``).
 
     ``target`` is a run dir (its ``checkpoints/last.ckpt`` is used), a ``checkpoints`` folder,
     or a ``.ckpt`` file (:func:`find_last`). The run dir is the folder above ``checkpoints/``

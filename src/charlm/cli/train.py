@@ -205,13 +205,31 @@ def train(cfg: DictConfig, record: dict[str, Any] | None = None) -> dict[str, fl
         return _train(cfg, stop, {} if record is None else record)
 
 
+def continue_from(cfg: DictConfig) -> tuple[str, Any]:
+    """``(option, value)`` of the checkpoint a new run continues from: ``ckpt=``, or its deprecated
+    old name ``ckpt_path=`` (with a warning); ``("ckpt", None)`` when neither is given.
+
+    Raises:
+        CharLMError: both are given.
+    """
+    new, old = cfg.get("ckpt"), cfg.get("ckpt_path")
+    if new and old:
+        raise CharLMError("ckpt= and ckpt_path= are one option (ckpt_path= is its deprecated old name): give ckpt= only")
+    if old:
+        log.warning("ckpt_path= is deprecated and goes in the next release: use ckpt=%s, the checkpoint option "
+                    "of every charlm app", old)
+        return "ckpt_path", old
+    return "ckpt", new
+
+
 def _train(cfg: DictConfig, stop: GracefulStop, record: dict[str, Any]) -> dict[str, float]:
     check_multirun_ddp(cfg)
     overrides = current_overrides(cfg)
     record["overrides"] = list(overrides)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path:
-        ckpt_path = str(find_checkpoint(ckpt_path, option="ckpt_path")[0])  # a missing checkpoint is an error
+    ckpt_path = None
+    option, given = continue_from(cfg)
+    if given:
+        ckpt_path = str(find_checkpoint(given, option=option)[0])  # a missing checkpoint is an error
     if cfg.get("resume"):
         if cfg.get("init_from"):
             raise CharLMError("resume= and init_from= exclude each other: resume continues a run, init_from starts a new one")

@@ -66,7 +66,7 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
     if not run:
         raise CharLMError(
             f"{ckpt_path} has no run information (not written by charlm-train with resume support); "
-            f"continue from it with ckpt_path={ckpt_path} or start from its weights with init_from={ckpt_path}."
+            f"continue from it with ckpt={ckpt_path} or start from its weights with init_from={ckpt_path}."
         )
     new_cli = current_overrides(cfg)
     overrides = merge_overrides(list(run["overrides"]), run_overrides(new_cli))

@@ -28,7 +28,7 @@ EXTENDABLE = ("trainer.max_steps", "trainer.max_epochs", "trainer.max_time")
 #: per-device ``batch_size`` is compared as the global number of streams instead.
 DATA_FREE = ("data.data_dir", "data.cache_dir", "data.eval_batch_size", "data.eval_burn_in", "data.batch_size")
 #: Command-line keys that belong to one invocation, never stored as the run's overrides.
-TRANSIENT = ("resume", "stop_after_steps", "allow_changes", "init_from", "ckpt_path")
+TRANSIENT = ("resume", "stop_after_steps", "allow_changes", "init_from", "ckpt", "ckpt_path")
 
 
 def override_key(o: str) -> str:
