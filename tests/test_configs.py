@@ -96,7 +96,14 @@ def test_callback_options_instantiate(compose, tmp_path, name):
 def test_overlays_compose(compose, tmp_path, name):
     group = "experiment" if name in options("experiment") else "debug"
     cfg = compose("train", tmp_path, [f"{group}={name}"])
-    assert "trainer" in cfg and "model" in cfg
+    # every value the overlay file sets is the composed config's (nothing later overrides it)
+    own = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"))
+    own.pop("defaults", None)
+    leaves = [(k, v) for k, v in _leaves(own) if not k.startswith("hydra.")]
+    assert leaves or group == "debug", f"{group}={name} sets nothing"
+    raw = dict(_leaves(OmegaConf.to_container(cfg, resolve=False)))  # interpolations as written
+    for key, value in leaves:
+        assert raw.get(key) == value, f"{group}={name}: {key}"
 
 
 @pytest.mark.parametrize("group", ["data", "model"])
@@ -131,3 +138,12 @@ def test_regularisers_and_weight_decay_reach_the_model_and_optimizer(compose, tm
     assert instantiate(cfg.optimizer)(params).param_groups[0]["weight_decay"] == 1e-5
     for opt in options("optimizer"):
         assert "weight_decay" in compose("train", tmp_path, [f"optimizer={opt}"]).optimizer
+
+
+def _leaves(node, prefix=""):
+    """``(dotted key, value)`` of every leaf of a plain dict (lists are leaves)."""
+    for k, v in node.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
