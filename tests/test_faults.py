@@ -25,7 +25,7 @@ import torch
 import lightning as L
 
 from charlm.checkpoint import AtomicCheckpointIO, load_checkpoint, load_initial_weights, model_from_checkpoint
-from charlm.cli.common import quote_overrides
+from charlm.cli.overrides import quote_overrides
 from charlm.cli.train import train
 from charlm.data.cache import prepare_corpus
 from charlm.data.datamodule import CharDataModule
