@@ -24,7 +24,7 @@ import torch
 
 def measure(ckpt: str, split: str, streams: list[int], burn_ins: list[int], seq_len: int = 256) -> dict:
     from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-    from charlm.data.corpus import prepare_corpus
+    from charlm.data.cache import prepare_corpus
     from charlm.data.streams import split_of
     from charlm.evaluation.evaluate import evaluate, remap_ids
 

@@ -63,7 +63,7 @@ def _rss_now() -> int:
 
 
 def _worker(mode: str, file: str, cache: str) -> dict:
-    from charlm.data.corpus import prepare_corpus
+    from charlm.data.cache import prepare_corpus
 
     base = _rss_now()
     t = time.perf_counter()

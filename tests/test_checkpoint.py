@@ -10,7 +10,7 @@ import torch
 
 from charlm.checkpoint import AtomicCheckpointIO, atomic_torch_save
 from charlm.cli.train import train
-from charlm.data.corpus import prepare_corpus
+from charlm.data.cache import prepare_corpus
 from conftest import FAST_TRAIN
 
 

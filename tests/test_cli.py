@@ -1,4 +1,4 @@
-"""The command line as users type and paste it (charlm.cli.common, charlm.shell and the apps' entry points):
+"""The command line as users type and paste it (charlm.cli.overrides, charlm.shell and the apps' entry points):
 free text and paths go in verbatim, every override is checked before Hydra reads it, a user error
 is one ``error:`` line with exit status 2, each app's --help shows its own options, and every
 command charlm prints runs when pasted back.
@@ -24,7 +24,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from charlm.cli.common import check_overrides, decode_argv, hydra_quote, quote_overrides
+from charlm.cli.overrides import check_overrides, decode_argv, hydra_quote, quote_overrides
 from charlm.cli.train import train
 from charlm.errors import CharLMError
 from charlm.shell import command, shell_arg

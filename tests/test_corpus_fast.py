@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlm.data.corpus import iter_decoded, prepare_corpus
+from charlm.data.cache import prepare_corpus
+from charlm.data.corpus import iter_decoded
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
 
@@ -94,7 +95,7 @@ def test_invalid_utf8_same_error_and_offset(tmp_path, raw, chunk_bytes):
 
 def test_corpus_preparation_imports_neither_torch_nor_lightning():
     code = (
-        "import sys; from charlm.data.corpus import prepare_corpus;"
+        "import sys; from charlm.data.cache import prepare_corpus;"
         "print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

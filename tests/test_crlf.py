@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from charlm.data.corpus import prepare_corpus
+from charlm.data.cache import prepare_corpus
 from charlm.data.streams import split_bounds
 from charlm.data.vocab import Vocab
 from charlm.evaluation.crlf import count_newlines, crlf_loss

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.data.corpus import CorpusSettingError, prepare_corpus, resolve_corpus_path, training_corpus
+from charlm.data.cache import prepare_corpus, training_corpus
+from charlm.data.corpus import CorpusSettingError, resolve_corpus_path
 from charlm.data.datamodule import CharDataModule
 from charlm.data.streams import IGNORE_INDEX, BPTTLoader, split_bounds
 from charlm.data.vocab import Vocab, id_dtype
@@ -31,7 +32,7 @@ def test_shakespeare_vocab_and_ids_roundtrip(shakespeare_path, tmp_path):
 
 def test_vocab_identical_across_processes(shakespeare_path, tmp_path):
     code = (
-        "import sys; from charlm.data.corpus import prepare_corpus;"
+        "import sys; from charlm.data.cache import prepare_corpus;"
         "c = prepare_corpus(sys.argv[1], cache_dir=sys.argv[2]);"
         "print(repr(''.join(c.vocab.chars)), int(c.ids[:100000].astype('int64').sum()))"
     )
@@ -103,9 +104,9 @@ def test_cache_trusts_the_inode_and_ctime_not_only_size_and_mtime(tmp_path, monk
     """With the "racily clean" window switched off, only the stat signature can tell the files
     apart: a file replaced by another one with the same size and mtime (a new inode, as `tar`
     and `rsync -t` leave it) is read again."""
-    import charlm.data.corpus as corpus
+    import charlm.data.cache as cache
 
-    monkeypatch.setattr(corpus, "RACY_NS", 0)
+    monkeypatch.setattr(cache, "RACY_NS", 0)
     f = tmp_path / "c.txt"
     f.write_text("hello world\n" * 50, encoding="utf-8")
     cache = tmp_path / "cache"
@@ -120,15 +121,15 @@ def test_cache_trusts_the_inode_and_ctime_not_only_size_and_mtime(tmp_path, monk
 
 
 def test_unchanged_corpus_starts_from_the_cache_without_reading_the_file(shakespeare_path, tmp_path, monkeypatch):
-    import charlm.data.corpus as corpus
+    import charlm.data.cache as cache
 
     first = prepare_corpus(shakespeare_path, cache_dir=tmp_path)
 
     def must_not_read(*args, **kwargs):
         raise AssertionError("the unchanged corpus was read again instead of served from the cache index")
 
-    monkeypatch.setattr(corpus, "file_sha256", must_not_read)
-    monkeypatch.setattr(corpus.utf8fast, "count_pass", must_not_read)
+    monkeypatch.setattr(cache, "file_sha256", must_not_read)
+    monkeypatch.setattr(cache.utf8fast, "count_pass", must_not_read)
     again = prepare_corpus(shakespeare_path, cache_dir=tmp_path)
     assert again.cache_dir == first.cache_dir and again.num_chars == first.num_chars
 

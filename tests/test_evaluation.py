@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charlm.data.corpus import prepare_corpus
+from charlm.data.cache import prepare_corpus
 from charlm.evaluation.evaluate import evaluate
 from charlm.model.rnn import CharRNN
 

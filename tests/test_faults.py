@@ -25,9 +25,9 @@ import torch
 import lightning as L
 
 from charlm.checkpoint import AtomicCheckpointIO, load_checkpoint, load_initial_weights, model_from_checkpoint
-from charlm.cli.common import quote_overrides
+from charlm.cli.overrides import quote_overrides
 from charlm.cli.train import train
-from charlm.data.corpus import prepare_corpus
+from charlm.data.cache import prepare_corpus
 from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model.rnn import CharRNN
@@ -278,7 +278,7 @@ def test_cr_and_crlf_line_endings_are_normalised_with_a_count_and_can_be_kept(tm
 
 _IDS_DIGEST = """
 import hashlib, sys
-from charlm.data.corpus import prepare_corpus
+from charlm.data.cache import prepare_corpus
 c = prepare_corpus(sys.argv[1])
 print(hashlib.sha256("".join(c.vocab.chars).encode() + c.ids.tobytes()).hexdigest())
 """
@@ -680,7 +680,7 @@ def test_checkpoint_whose_pickle_runs_code_is_refused_and_the_code_never_runs(tm
 
 _PREPARE = """
 import resource, sys
-from charlm.data.corpus import prepare_corpus  # imports torch: a baseline of a few hundred MB
+from charlm.data.cache import prepare_corpus  # imports torch: a baseline of a few hundred MB
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 c = prepare_corpus(sys.argv[1])
 print(c.num_chars, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, c.cache_dir)

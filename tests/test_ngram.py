@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from charlm.data.corpus import prepare_corpus
+from charlm.data.cache import prepare_corpus
 from charlm.errors import CharLMError
 from charlm.model.ngram import KneserNeyLM
 

@@ -79,7 +79,7 @@ def test_checkpoint_is_plain_and_complete(trained):
 def test_eval_matches_training_validation(trained):
     out, metrics = trained
     net, vocab = model_from_checkpoint(load_checkpoint(out / "checkpoints" / "last.ckpt"))
-    from charlm.data.corpus import prepare_corpus
+    from charlm.data.cache import prepare_corpus
     from charlm.data.streams import split_bounds
 
     c = prepare_corpus(os.environ["CHARLM_DATA_DIR"] + "/tinyshakespeare/input.txt")
@@ -97,7 +97,7 @@ def test_val_loss_does_not_depend_on_the_number_of_streams(trained):
     # (without it, 512 streams each starting from zeros cost several 1e-3 nats more)
     out, _ = trained
     net, _ = model_from_checkpoint(load_checkpoint(out / "checkpoints" / "last.ckpt"))
-    from charlm.data.corpus import prepare_corpus
+    from charlm.data.cache import prepare_corpus
     from charlm.data.streams import split_bounds
 
     c = prepare_corpus(os.environ["CHARLM_DATA_DIR"] + "/tinyshakespeare/input.txt")
@@ -210,7 +210,7 @@ def _best_k_state(ckpt: dict) -> dict:
 )
 def test_a_run_validates_its_final_weights_and_everything_describes_last_ckpt(tmp_path, compose, small_corpus, capsys,
                                                                           overrides, val_steps):
-    from charlm.data.corpus import prepare_corpus
+    from charlm.data.cache import prepare_corpus
     from charlm.data.streams import split_bounds
     from charlm.sweeps import objective
 

@@ -2,8 +2,8 @@
 gives any new file (``tempfile.mkstemp``/``mkdtemp`` always create them ``0600``/``0700``, and a
 file renamed into place keeps that mode: a checkpoint or a cache entry others could not read).
 
-Used by :func:`charlm.checkpoint.atomic_torch_save` and the corpus cache and download
-(:mod:`charlm.data.corpus`); imports neither torch nor Lightning.
+Used by :func:`charlm.checkpoint.atomic_torch_save`, the corpus cache (:mod:`charlm.data.cache`)
+and the corpus download (:mod:`charlm.data.corpus`); imports neither torch nor Lightning.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def shell_arg(arg: str) -> str:
 def command(app: str, *args: str, **options: Any) -> str:
     """A command line that runs as printed when pasted into a shell: ``app`` then ``args`` and
     ``key=value`` for each option, each quoted for the shell (:func:`shell_arg`); charlm's own
-    quoting (:func:`~charlm.cli.common.quote_overrides`) takes free text and paths from there verbatim.
+    quoting (:func:`~charlm.cli.overrides.quote_overrides`) takes free text and paths from there verbatim.
     Example: ``command("charlm-sample", ckpt=path)``."""
     parts = [app, *(shell_arg(a) for a in args)]
     parts += [shell_arg(f"{k}={v}") for k, v in options.items()]

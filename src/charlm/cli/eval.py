@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.common import hydra_app, pick_device, write_output
-from charlm.data.corpus import naming_options, prepare_corpus, training_corpus
+from charlm.data.cache import prepare_corpus, training_corpus
+from charlm.data.corpus import naming_options
 from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.evaluation.crlf import count_newlines, crlf_loss

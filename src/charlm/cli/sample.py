@@ -4,7 +4,7 @@
         temperature=0.8 top_k=null num_samples=3 seed=1
 
 The prime is taken as typed, quoted for the shell only (``prime="KING: O (my lord), it's late"``,
-``prime=Привет``; see :func:`charlm.cli.common.quote_overrides`); ``prime_file=<UTF-8 file>``
+``prime=Привет``; see :func:`charlm.cli.overrides.quote_overrides`); ``prime_file=<UTF-8 file>``
 reads it from a file. ``length`` counts new characters; ``temperature=0`` is greedy (and loops:
 "the the the ..."). Every option is checked (:data:`OPTIONS`). Output is UTF-8 on stdout (with
 ``num_samples > 1`` each sample follows a ``--- sample i/n ---`` line) and is also saved to

@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.common import decode_escapes, hydra_app, pick_device
-from charlm.data.corpus import naming_options, read_text, training_corpus
+from charlm.data.cache import training_corpus
+from charlm.data.corpus import naming_options, read_text
 from charlm.data.streams import DEFAULT_SPLITS, SPLITS, split_of
 from charlm.errors import CharLMError
 from charlm.options import Opt, check_options

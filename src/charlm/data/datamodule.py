@@ -11,7 +11,8 @@ from typing import Any
 
 import lightning as L
 
-from charlm.data.corpus import PreparedCorpus, naming_options, prepare_corpus, resolve_corpus_path
+from charlm.data.cache import PreparedCorpus, prepare_corpus
+from charlm.data.corpus import naming_options, resolve_corpus_path
 from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, BPTTLoader, split_bounds, split_of
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError

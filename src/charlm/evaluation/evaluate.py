@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charlm.data.corpus import PreparedCorpus
+from charlm.data.cache import PreparedCorpus
 from charlm.data.streams import EVAL_BURN_IN, IGNORE_INDEX, BPTTLoader
 from charlm.data.vocab import Vocab, describe_chars
 from charlm.errors import CharLMError

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from charlm.data.corpus import prepare_corpus
+from charlm.data.cache import prepare_corpus
 from charlm.data.streams import DEFAULT_SPLITS, split_of
 from charlm.errors import CharLMError
 

@@ -110,7 +110,7 @@ def check_resumed_corpus(ckpt_path: str | Path, corpus, allow_changes: bool = Fa
     """Refuse to resume onto a corpus whose content is not the one the checkpoint was trained on.
 
     Compares the corpus as prepared now (``corpus``: a
-    :class:`~charlm.data.corpus.PreparedCorpus`) with the checkpoint's ``charlm`` entry: its
+    :class:`~charlm.data.cache.PreparedCorpus`) with the checkpoint's ``charlm`` entry: its
     vocabulary (``vocab``) and the sha256 of the file's bytes (``data.sha256``). A checkpoint
     without a stored hash (older format) is only compared by vocabulary.
 
