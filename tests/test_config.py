@@ -7,11 +7,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from charlm.checkpoint import load_checkpoint
 from charlm.cli.train import train
 from charlm.config import config_dir, job_dirname
 from charlm.data.datamodule import CharDataModule
@@ -57,12 +60,53 @@ def test_model_options_instantiate(compose, tmp_path, name):
 @pytest.mark.parametrize("sched", options("scheduler"))
 def test_optimizer_and_scheduler_options(compose, tmp_path, opt, sched):
     cfg = compose("train", tmp_path, [f"optimizer={opt}", f"scheduler={sched}"])
+    assert_option_applied(cfg, "optimizer", opt)
+    assert_option_applied(cfg, "scheduler", sched)
     params = [torch.nn.Parameter(torch.zeros(3))]
     optimizer = instantiate(cfg.optimizer)(params)
-    assert isinstance(optimizer, torch.optim.Optimizer)
-    assert optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
-    out = instantiate(cfg.scheduler)(optimizer, total_steps=100)
-    assert out is None or "scheduler" in out
+    assert type(optimizer).__name__ == cfg.optimizer._target_.rsplit(".", 1)[1]
+    group = optimizer.param_groups[0]
+    for key, value in OmegaConf.to_container(cfg.optimizer).items():  # every setting reaches the optimizer
+        if not key.startswith("_"):
+            assert group[key] == (tuple(value) if isinstance(value, list) else value), key
+    out = instantiate(cfg.scheduler)(optimizer, total_steps=400)
+    assert out["name"] == "lr" and out["interval"] == ("epoch" if sched in ("charrnn", "plateau") else "step")
+    lr, s = cfg.optimizer.lr, cfg.scheduler
+    # the settings the README gives each schedule: 100 warm-up steps, x0.97 per epoch after 10,
+    # x0.5 when val/loss has not improved for more than 2 validations
+    documented = {"cosine": {"warmup_steps": 100}, "charrnn": {"decay_rate": 0.97, "decay_after": 10},
+                  "plateau": {"factor": 0.5, "patience": 2}, "none": {}}[sched]
+    assert {k: s[k] for k in documented} == documented
+    if sched == "plateau":  # stepped with val/loss by the LightningModule
+        sch = out["scheduler"]
+        assert isinstance(sch, ReduceLROnPlateau) and out["monitor"] == "val/loss"
+        assert (sch.factor, sch.patience, sch.min_lrs) == (s.factor, s.patience, [s.min_lr])
+        return
+    # the learning rate of each of 400 steps (or epochs), as the schedule's settings give it
+    if sched == "cosine":
+        def want(k):
+            if k < s.warmup_steps:
+                return lr * (k + 1) / s.warmup_steps
+            progress = (k - s.warmup_steps) / (400 - s.warmup_steps)
+            return lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    elif sched == "charrnn":
+        def want(k):
+            return lr * s.decay_rate ** max(0, k - s.decay_after + 1)
+    else:
+        def want(k):
+            return lr
+    for k in range(401):
+        assert group["lr"] == pytest.approx(want(k), rel=1e-9), (sched, k)
+        optimizer.step()
+        out["scheduler"].step()
+    if sched == "cosine":
+        assert group["lr"] == pytest.approx(lr * s.min_lr_ratio)
+
+
+#: (accelerator, devices, precision) of each trainer option (README, Configuration): bf16 on GPUs,
+#: ddp on all GPUs of a node, ddp_cpu as 2 CPU processes.
+TRAINERS = {"default": ("auto", 1, "32-true"), "cpu": ("cpu", 1, "32-true"), "gpu": ("gpu", 1, "bf16-mixed"),
+            "ddp": ("gpu", -1, "bf16-mixed"), "ddp_cpu": ("cpu", 2, "32-true")}
 
 
 @pytest.mark.parametrize("name", options("trainer"))
@@ -70,17 +114,30 @@ def test_trainer_options_compose(compose, tmp_path, name):
     cfg = compose("train", tmp_path, [f"trainer={name}"])
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     assert cfg.trainer.use_distributed_sampler is False
-    if name in ("default", "cpu"):
+    assert_option_applied(cfg, "trainer", name)
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision) == TRAINERS[name]
+    if name.startswith("ddp"):
+        assert cfg.trainer.strategy._target_.endswith(".DDPStrategy") and cfg.trainer.num_nodes == 1
+        assert cfg.trainer.strategy.process_group_backend == ("gloo" if name == "ddp_cpu" else "nccl")
+    if name in ("default", "cpu"):  # the others need GPUs or start processes
         trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
-        assert trainer.max_steps == cfg.trainer.max_steps
+        assert trainer.max_steps == cfg.trainer.max_steps and trainer.val_check_interval == cfg.trainer.val_check_interval
+        assert type(trainer.accelerator).__name__ == "CPUAccelerator" and trainer.num_devices == 1
+        assert trainer.gradient_clip_val == cfg.trainer.gradient_clip_val and trainer.precision == cfg.trainer.precision
+
+
+#: The loggers each logger option gives.
+LOGGERS = {"csv": ["CSVLogger"], "wandb": ["WandbLogger"], "default": ["CSVLogger", "WandbLogger"], "none": []}
 
 
 @pytest.mark.parametrize("name", options("logger"))
 def test_logger_options_instantiate(compose, tmp_path, name):
     cfg = compose("train", tmp_path, [f"logger={name}"])
+    assert_option_applied(cfg, "logger", name)
     loggers = [instantiate(c) for c in cfg.logger.values()]
-    if name == "default":
-        assert sorted(type(lg).__name__ for lg in loggers) == ["CSVLogger", "WandbLogger"]
+    assert sorted(type(lg).__name__ for lg in loggers) == LOGGERS[name]
+    for lg in loggers:  # both write into the run dir
+        assert Path(lg.save_dir) == tmp_path, type(lg).__name__
 
 
 def test_wandb_is_offline_by_default(compose, tmp_path, monkeypatch):
@@ -90,11 +147,27 @@ def test_wandb_is_offline_by_default(compose, tmp_path, monkeypatch):
     assert compose("train", tmp_path).logger.wandb.offline is False
 
 
+#: The callback each callbacks option gives (README, Configuration: default is all of them, one
+#: option alone keeps only that one).
+CALLBACKS = {"model_checkpoint": "ModelCheckpoint", "last_checkpoint": "LastCheckpoint", "samples": "SampleText",
+             "visualize": "VisualizeCells", "lr_monitor": "LearningRateMonitor", "model_summary": "ModelSummary",
+             "rich_progress_bar": "ProgressBar", "progress_log": "ProgressLog"}
+
+
 @pytest.mark.parametrize("name", options("callbacks"))
 def test_callback_options_instantiate(compose, tmp_path, name):
     cfg = compose("train", tmp_path, [f"callbacks={name}"])
-    for c in cfg.callbacks.values():
-        instantiate(c)
+    assert_option_applied(cfg, "callbacks", name)
+    want = CALLBACKS if name == "default" else {} if name == "none" else {name: CALLBACKS[name]}
+    callbacks = {key: instantiate(c) for key, c in cfg.callbacks.items()}
+    assert {key: type(cb).__name__ for key, cb in callbacks.items()} == want
+    assert all(isinstance(cb, L.Callback) for cb in callbacks.values())
+    if "model_checkpoint" in callbacks:  # the 3 best by val/loss; last.ckpt is last_checkpoint's
+        cb = callbacks["model_checkpoint"]
+        assert (cb.monitor, cb.mode, cb.save_top_k, cb.save_last) == ("val/loss", "min", 3, False)
+        assert Path(cb.dirpath) == tmp_path / "checkpoints"
+    if "lr_monitor" in callbacks:  # the rate of every step, logged as lr
+        assert callbacks["lr_monitor"].logging_interval == "step"
 
 
 @pytest.mark.parametrize("name", options("experiment") + options("debug"))
@@ -141,8 +214,9 @@ def test_regularisers_and_weight_decay_reach_the_model_and_optimizer(compose, tm
     assert net.weight_drop == 0.5 and net.hidden_dropout == 0.2 and net.input_dropout == 0.0
     params = [torch.nn.Parameter(torch.zeros(3))]
     assert instantiate(cfg.optimizer)(params).param_groups[0]["weight_decay"] == 1e-5
-    for opt in options("optimizer"):
-        assert "weight_decay" in compose("train", tmp_path, [f"optimizer={opt}"]).optimizer
+    for opt in options("optimizer"):  # every optimizer takes it
+        cfg = compose("train", tmp_path, [f"optimizer={opt}", "optimizer.weight_decay=1e-5"])
+        assert instantiate(cfg.optimizer)(params).param_groups[0]["weight_decay"] == 1e-5, opt
 
 
 # ----------------------------------------------------------------------------- recipes (conf/experiment)
@@ -186,9 +260,15 @@ def test_recipe_trains_two_steps_on_cpu(compose, tmp_path, name):
         extra = ["model.weight_drop=0.3", "model.hidden_dropout=0.2", "model.input_dropout=0.1",
                  "model.output_dropout=0.1", "model.embedding_dropout=0.05"]
     out = tmp_path / "run"
-    metrics = train(compose("train", out, [f"experiment={name}"] + RECIPE_TRAIN + extra))
+    cfg = compose("train", out, [f"experiment={name}"] + RECIPE_TRAIN + extra)
+    metrics = train(cfg)
     assert math.isfinite(metrics["val/loss"]) and metrics["val/loss"] > 0
-    assert (out / "checkpoints" / "last.ckpt").is_file()
+    # the recipe's network and corpus are those of the run's checkpoint
+    entry = load_checkpoint(out / "checkpoints" / "last.ckpt")["charlm"]
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if v is not None}  # None: a default it derives
+    assert {k: v for k, v in entry["model"].items() if k in model} == {k: v for k, v in model.items() if k in entry["model"]}
+    assert {"cell", "num_layers", "hidden_size", "dropout"} <= entry["model"].keys() and entry["model"]["hidden_size"] == 32
+    assert (entry["data"]["name"], entry["data"]["batch_size"], entry["data"]["seq_len"]) == (name.removesuffix("_gpu"), 4, 16)
 
 
 def test_experiment_charrnn_matches_char_rnn(compose, tmp_path):
@@ -280,6 +360,25 @@ def test_launcher_slurm_composes_and_instantiates(compose, tmp_path):
     assert lc.submitit_folder.endswith("/.submitit/%j")
     launcher = instantiate(lc)
     assert type(launcher).__name__ == "SlurmLauncher"
+
+
+def option_values(group: str, name: str) -> dict:
+    """``{dotted key: value}`` that conf/<group>/<name>.yaml sets, its own and those of the
+    options of the same group it builds on (its ``defaults`` list)."""
+    own = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"))
+    out: dict = {}
+    for base in own.pop("defaults", None) or []:
+        if isinstance(base, str) and base != "_self_" and not base.startswith(("/", "override")):
+            out.update(option_values(group, base))
+    out.update(_leaves(own))
+    return out
+
+
+def assert_option_applied(cfg, group: str, name: str) -> None:
+    """Every value ``<group>=<name>`` sets is the composed config's (nothing later overrides it)."""
+    raw = dict(_leaves(OmegaConf.to_container(cfg[group], resolve=False)))  # interpolations as written
+    for key, value in option_values(group, name).items():
+        assert raw.get(key) == value, f"{group}={name}: {key}"
 
 
 def _leaves(node, prefix=""):
