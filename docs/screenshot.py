@@ -9,7 +9,7 @@ and with ``CHARLM_DATA_DIR`` unset, so that the page names ``data/...`` and no m
     python <repo>/docs/screenshot.py page/cells.html <repo>/docs/visualize.png '#cell=0,c,35'
 
 The last argument preselects the cell shown (``#cell=layer,state,unit``, a cell the page lists).
-Needs selenium and Debian's chromium + chromium-driver (as tests/test_visualize.py does).
+Needs selenium and Debian's chromium + chromium-driver (as tests/test_visualize_page.py does).
 """
 
 from __future__ import annotations

@@ -33,11 +33,12 @@ def test_quick_benchmarks_run_and_report(tmp_path, shared_data):
     assert q["steps"] > 0 and 0 < q["val_loss"] < 10
 
 
-def test_bench_sections_are_validated():
+def test_bench_sections_are_validated(capsys):
     from benchmarks.__main__ import main
 
-    with pytest.raises(SystemExit):
-        main(["--quick", "--only", "nonsense"])
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", "--only", "train,nonsense"])
+    assert e.value.code == 2 and "unknown section(s) ['nonsense']" in capsys.readouterr().err
 
 
 @pytest.mark.slow

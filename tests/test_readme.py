@@ -38,7 +38,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -393,28 +392,18 @@ def assert_same_shape(expected: list[str | None], output: str, where: str) -> No
 
 
 # ----------------------------------------------------------------------------- running
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e.update(PYTHONPATH=str(REPO / "src"), CHARLM_DATA_DIR=str(SHARED_DATA), WANDB_MODE="offline",
-             WANDB_SILENT="true", WANDB_DISABLE_GIT="true", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
-    return e
-
-
-def run_app(app: str, args: list[str], cwd: Path, timeout: int = 900, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run console script ``app`` with ``args`` as a user does: the installed script beside this
-    Python when there is one (this checkout's ``src`` first on the path), else ``python -m``."""
-    script = Path(sys.executable).parent / app
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", APPS[app].split(":")[0]]
-    return subprocess.run([*cmd, *args], cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+def run_readme_app(run_app, app: str, args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run console script ``app`` (``charlm-train``) with ``args`` as a user does: the installed
+    script beside this Python when there is one, else ``python -m``."""
+    return run_app(app.removeprefix("charlm-"), *args, cwd=cwd, env=env, timeout=900, script=True)
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
+def tiny_run(tmp_path_factory, run_app) -> Path:
     """A tiny run of ``charlm-train`` (shrunk, with W&B offline) that commands without a run of
     their own use: a copy goes into their folder."""
     cwd = tmp_path_factory.mktemp("readme-run")
-    res = run_app("charlm-train", shrink("charlm-train", [], quoted=True), cwd)
+    res = run_readme_app(run_app, "charlm-train", shrink("charlm-train", [], quoted=True), cwd)
     assert res.returncode == 0, res.stderr[-3000:]
     return latest(cwd / "outputs" / "train" / "runs")
 
@@ -569,7 +558,7 @@ def _copy_tiny_run(tiny_run: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("unit", readme_units(), ids=lambda u: u.id)
-def test_readme_block_runs_as_documented(unit: Unit, tmp_path, tiny_run):
+def test_readme_block_runs_as_documented(unit: Unit, tmp_path, tiny_run, run_app):
     ran = 0
     for c in unit.commands:
         argv = argv_of(c.text)
@@ -581,7 +570,7 @@ def test_readme_block_runs_as_documented(unit: Unit, tmp_path, tiny_run):
         make_text_files(args, tmp_path)
         sweeps = tmp_path / "outputs" / "train" / "multiruns"
         before = set(sweeps.iterdir()) if sweeps.is_dir() else set()
-        res = run_app(app, args, tmp_path, extra_env=split_env(shlex.split(cmd))[0])
+        res = run_readme_app(run_app, app, args, tmp_path, env=split_env(shlex.split(cmd))[0])
         where = f"README.md line {c.line}: `{c.text}` (run as `{app} {shlex.join(args)}`)"
         out = res.stdout + res.stderr
         new = (set(sweeps.iterdir()) if sweeps.is_dir() else set()) - before

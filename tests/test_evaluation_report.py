@@ -1,10 +1,9 @@
-"""charlm-report: error paths and override columns (the report of a real sweep is checked in
-test_sweeps.py::test_report_ranks_sweep_jobs)."""
+"""charlm.evaluation.report: a table of a sweep's jobs, their status and the overrides that differ (the
+report of a real sweep is checked in test_sweeps.py::test_report_ranks_sweep_jobs)."""
 
 from __future__ import annotations
 
 import pytest
-from sweep_helpers import run_cli
 
 from charlm.errors import CharLMError
 from charlm.evaluation.report import Job, build_report, varying_overrides
@@ -22,21 +21,6 @@ def test_report_rejects_missing_or_empty_dirs(tmp_path):
         build_report(tmp_path / "nope")
     with pytest.raises(CharLMError, match="no runs under"):
         build_report(tmp_path)
-
-
-def test_report_cli_prints_error_without_traceback(tmp_path):
-    res = run_cli("charlm.cli.report", [str(tmp_path)], tmp_path)
-    assert res.returncode == 2
-    assert res.stderr.startswith("error: no runs under") and "Traceback" not in res.stderr
-
-
-def test_report_options_are_checked_with_one_line_errors(tmp_path, capsys):
-    from charlm.cli.report import main
-
-    with pytest.raises(SystemExit) as e:
-        main([str(tmp_path), "--no-such-flag"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("error: unrecognized arguments: --no-such-flag") and len(err.splitlines()) == 1
 
 
 def test_report_status_comes_from_job_status_and_a_run_without_one_is_unknown(tmp_path):

@@ -1,4 +1,4 @@
-"""data=pycode: the code corpus built offline from the running Python's standard library."""
+"""charlm.data.pycode (data=pycode): the code corpus built offline from the running Python's standard library."""
 
 from __future__ import annotations
 

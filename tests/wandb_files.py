@@ -1,54 +1,12 @@
-"""Helpers for the sweep/report/W&B tests: run the real console apps in a subprocess, and read
-W&B's offline run files back."""
+"""W&B's offline run files (``<run dir>/wandb/offline-run-*/run-<id>.wandb``) read back, for the
+tests of what charlm logs to W&B."""
 
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import REPO, SHARED_DATA
-
-#: Tiny training settings for CLI runs (a few seconds per job).
-TINY_CLI = [
-    "model.hidden_size=32",
-    "model.num_layers=1",
-    "data.batch_size=4",
-    "data.seq_len=16",
-    "trainer.max_steps=20",
-    "trainer.val_check_interval=10",
-    "trainer.limit_val_batches=5",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.enable_model_summary=false",
-    "trainer.log_every_n_steps=5",
-    "callbacks.samples.length=40",
-    "~callbacks.rich_progress_bar",
-]
-
-
-def run_cli(module: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m <module> <args>`` in ``cwd`` with this checkout's ``src`` first on the path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env["CHARLM_DATA_DIR"] = str(SHARED_DATA)
-    env.setdefault("CHARLM_CACHE_DIR", str(cwd / "cache"))
-    env["WANDB_MODE"] = "offline"
-    env["WANDB_SILENT"] = "true"
-    env["WANDB_DISABLE_GIT"] = "true"
-    env["HYDRA_FULL_ERROR"] = "0"
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def multirun_dirs(cwd: Path) -> list[Path]:
-    return sorted((cwd / "outputs" / "train" / "multiruns").iterdir())
-
-
-# ----------------------------------------------------------------------------- W&B offline files
 _BLOCK = 32768  # W&B's .wandb files use LevelDB's log format: 32 KiB blocks, 7-byte record headers
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 

@@ -1,4 +1,5 @@
-"""Evaluation (charlm.evaluation): streams with a burn-in give the loss of one pass over the text."""
+"""charlm.evaluation.evaluate: the loss over a text read as streams; with a burn-in they give the
+loss of one pass over the text, and the loss training's validation logged."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.data.cache import prepare_corpus
+from charlm.data.streams import split_bounds
 from charlm.evaluation.evaluate import evaluate
 from charlm.model.rnn import CharRNN
 
@@ -64,3 +67,29 @@ def test_without_burn_in_every_stream_starts_from_zeros(net, text_ids):
                 by_hand += F.cross_entropy(logits[0, :-1].float(), torch.from_numpy(seg[1:]), reduction="sum").item()
     assert zero["loss"] == pytest.approx(by_hand / (len(ids) - 1), abs=1e-6)
     assert zero["burn_in"] == 0
+
+
+# ----------------------------------------------------------------------------- a trained model
+def test_eval_matches_training_validation(trained_run, shared_data):
+    out, metrics = trained_run
+    net, vocab = model_from_checkpoint(load_checkpoint(out / "checkpoints" / "last.ckpt"))
+    c = prepare_corpus(shared_data / "tinyshakespeare" / "input.txt")
+    b, e = split_bounds(c.num_chars, (0.9, 0.1, 0.0))[1]
+    # the same stream layout as training's validation (batch 16, the default burn-in, the train
+    # split read before val) gives the same number
+    r = evaluate(net, c.ids[b:e], batch_size=16, seq_len=64, context=c.ids[:b])
+    assert r["chars"] == e - b - 1
+    assert r["loss"] == pytest.approx(metrics["val/loss"], abs=1e-4)
+
+
+def test_val_loss_does_not_depend_on_the_number_of_streams(trained_run, shared_data):
+    # the whole val split (111,538 targets) of a trained model, scored as 1, 8, 64 and 512 streams:
+    # with the default burn-in every count gives the single pass's loss to 1e-3 nats
+    # (without it, 512 streams each starting from zeros cost several 1e-3 nats more)
+    out, _ = trained_run
+    net, _ = model_from_checkpoint(load_checkpoint(out / "checkpoints" / "last.ckpt"))
+    c = prepare_corpus(shared_data / "tinyshakespeare" / "input.txt")
+    b, e = split_bounds(c.num_chars, (0.9, 0.1, 0.0))[1]
+    val, before = c.ids[b:e], c.ids[:b]
+    losses = {g: evaluate(net, val, batch_size=g, seq_len=256, context=before)["loss"] for g in (1, 8, 64, 512)}
+    assert max(losses.values()) - min(losses.values()) < 1e-3, losses

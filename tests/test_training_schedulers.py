@@ -1,4 +1,5 @@
-"""Learning-rate schedules: a plateau schedule on the validation clock, and runs without a step bound."""
+"""charlm.training.schedulers: learning-rate schedules; a plateau schedule on the validation clock, and runs
+without a step bound."""
 
 from __future__ import annotations
 
@@ -13,10 +14,6 @@ from charlm.cli.train import train
 from charlm.errors import CharLMError
 from charlm.training import schedulers
 from conftest import FAST_TRAIN
-
-
-#: One intra-op thread for every test here (conftest's ``one_thread``).
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

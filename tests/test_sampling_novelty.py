@@ -1,4 +1,4 @@
-"""The names report: the fraction of sampled lines not in the training list (charlm.sampling.novelty)."""
+"""charlm.sampling.novelty: the fraction of sampled lines not in the training list (the names report)."""
 
 from __future__ import annotations
 

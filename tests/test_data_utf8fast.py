@@ -1,11 +1,9 @@
-"""The byte-level UTF-8 fast path of corpus preparation gives exactly what the reference
+"""charlm.data.utf8fast: the byte-level UTF-8 fast path of corpus preparation gives exactly what the reference
 decoder (``iter_decoded``: strict str decode, UTF-32 code points) gives: same ids, vocabulary,
 character count, newline count, BOM flag and error message (with its byte offset)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,17 +89,3 @@ def test_invalid_utf8_same_error_and_offset(tmp_path, raw, chunk_bytes):
     with pytest.raises(CharLMError) as fast:
         prepare_corpus(f, cache_dir=tmp_path, chunk_bytes=chunk_bytes)
     assert str(fast.value) == str(ref.value) and "byte offset" in str(fast.value)
-
-
-def test_corpus_preparation_imports_neither_torch_nor_lightning():
-    code = (
-        "import sys; from charlm.data.cache import prepare_corpus;"
-        "print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-    import charlm.data
-
-    assert charlm.data.CharDataModule.__name__ == "CharDataModule"  # still reachable, lazily
-    with pytest.raises(AttributeError):
-        charlm.data.NoSuchThing  # noqa: B018

@@ -1,70 +1,23 @@
-"""W&B dashboards: a real offline run written by charlm-train, read back from its .wandb file."""
+"""charlm.training.history: a resumed run's logs hold the whole run, each step once: its W&B run
+(offline, read back from its .wandb files) continues under the same id, and what ``wandb sync``
+uploads equals the run never stopped, after a SIGKILL between checkpoints or a resume from an
+earlier best checkpoint."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
-import lightning as L
 import pytest
-from sweep_helpers import TINY_CLI, read_wandb_run, run_cli
 
-
-@pytest.fixture(scope="module")
-def wandb_run(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("wandb")
-    res = run_cli("charlm.cli.train", [*TINY_CLI, "logger=default", "logger.wandb.tags=[smoke]"], cwd)
-    assert res.returncode == 0, res.stderr[-3000:]
-    (run_dir,) = list((cwd / "outputs" / "train" / "runs").iterdir())
-    return run_dir, read_wandb_run(run_dir)
-
-
-@pytest.mark.slow
-def test_offline_run_has_metrics_on_the_step_axis(wandb_run):
-    _, run = wandb_run
-    keys = set().union(*run["history"])
-    for k in ["train/loss", "val/loss", "val/bpc", "val/ppl", "train/grad_norm", "train/tokens_per_sec", "lr"]:
-        assert k in keys, f"{k} missing from the W&B history ({sorted(keys)})"
-    # every metric row carries Lightning's step axis (trainer/global_step)
-    for row in run["history"]:
-        if "val/bpc" in row or "train/loss" in row:
-            assert "trainer/global_step" in row
-    val_steps = [r["trainer/global_step"] for r in run["history"] if "val/bpc" in r]
-    assert val_steps == sorted(val_steps) and len(val_steps) == 2
-
-
-@pytest.mark.slow
-def test_offline_run_has_config_summary_tags_and_name(wandb_run):
-    run_dir, run = wandb_run
-    cfg = run["config"]
-    assert cfg["model"]["hidden_size"] == 32 and cfg["data"]["seq_len"] == 16
-    assert cfg["num_parameters"] > 0
-    s = run["summary"]
-    assert s["num_parameters"] == cfg["num_parameters"]
-    best = min(r["val/bpc"] for r in run["history"] if "val/bpc" in r)
-    assert s["best/val_bpc"] == pytest.approx(best, rel=1e-5)
-    assert {"smoke", "tinyshakespeare", "lstm"} <= set(run["tags"])
-    assert "model.hidden_size=32" in run["name"]  # named by its overrides
-    assert run["exit_code"] == 0
-
-
-@pytest.mark.slow
-def test_offline_run_has_samples_table_over_steps(wandb_run):
-    _, run = wandb_run
-    tables = [r for r in run["history"] if r.get("samples/_type") == "table-file"]
-    assert len(tables) == 2  # one per validation
-    last = run["files_dir"] / tables[-1]["samples/path"]
-    data = json.loads(last.read_text(encoding="utf-8"))
-    assert data["columns"] == ["step", "temperature", "text"]
-    steps = sorted({row[0] for row in data["data"]})
-    assert len(steps) == 2 and all(len(row[2]) >= 40 for row in data["data"])
+from conftest import CLI_TRAIN
+from plugins import SIGKILL_ENV
 
 
 def _history_of(offline_run_dir):
     """``[(step, row), ...]`` of one offline W&B run folder, rows holding ``train/loss``."""
-    from sweep_helpers import read_wandb_records
+    from wandb_files import read_wandb_records
 
     (datastore,) = offline_run_dir.glob("run-*.wandb")
     rows = []
@@ -77,15 +30,15 @@ def _history_of(offline_run_dir):
 
 
 @pytest.mark.slow
-def test_resume_continues_the_same_wandb_run_without_gap_or_duplicate(tmp_path):
+def test_resume_continues_the_same_wandb_run_without_gap_or_duplicate(tmp_path, run_app):
     """A run cut by stop_after_steps and resumed logs to the same W&B run id, and the step axis
     of the resumed part continues after the cut: no step is logged twice, none is missing."""
-    args = [*TINY_CLI, "logger=default", "trainer.log_every_n_steps=2"]
-    first = run_cli("charlm.cli.train", [*args, "stop_after_steps=10"], tmp_path)
+    args = [*CLI_TRAIN, "logger=default", "trainer.log_every_n_steps=2"]
+    first = run_app("train", *args, "stop_after_steps=10", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir,) = list((tmp_path / "outputs" / "train" / "runs").iterdir())
     (before,) = sorted((run_dir / "wandb").glob("offline-run-*"))
-    second = run_cli("charlm.cli.train", [f"resume={run_dir}"], tmp_path)
+    second = run_app("train", f"resume={run_dir}", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     # one folder holds the whole run (the first one is kept aside, out of the reach of wandb sync)
     (run,) = sorted((run_dir / "wandb").glob("offline-run-*"))
@@ -98,19 +51,11 @@ def test_resume_continues_the_same_wandb_run_without_gap_or_duplicate(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the whole run, once
-class SigkillAt(L.Callback):
-    """Test plugin (``+callbacks.sigkill._target_=test_wandb.SigkillAt``): SIGKILL this process
-    right after optimizer step ``$CHARLM_TEST_SIGKILL_AT_STEP``, when that is set."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        at = os.environ.get(SIGKILL_ENV)
-        if at and trainer.global_step == int(at):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-SIGKILL_ENV = "CHARLM_TEST_SIGKILL_AT_STEP"
-WHOLE = [*TINY_CLI, "logger=default", "trainer.max_steps=40", "trainer.log_every_n_steps=2",
+#: A 40-step run logged to W&B every 2 steps, last.ckpt at step 25 (and at the end).
+WHOLE = [*CLI_TRAIN, "logger=default", "trainer.max_steps=40", "trainer.log_every_n_steps=2",
          "callbacks.last_checkpoint.every_n_train_steps=25", "~callbacks.visualize"]
+
+
 #: Keys whose values depend on the clock, not on the model.
 CLOCK = {"train/tokens_per_sec", "_runtime", "_timestamp", "_step"}
 
@@ -118,7 +63,7 @@ CLOCK = {"train/tokens_per_sec", "_runtime", "_timestamp", "_step"}
 def synced_history(run_dir: Path) -> list[dict]:
     """The history rows `wandb sync <run dir>/wandb/offline-run-*` (the README's command)
     uploads, in the order it uploads them: the folders of one run in order of their start time."""
-    from sweep_helpers import read_wandb_records
+    from wandb_files import read_wandb_records
 
     files = []
     for folder in (run_dir / "wandb").glob("offline-run-*"):
@@ -153,9 +98,9 @@ def by_key(rows: list[dict]) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, run_app):
     cwd = tmp_path_factory.mktemp("whole")
-    res = run_cli("charlm.cli.train", WHOLE, cwd)
+    res = run_app("train", *WHOLE, cwd=cwd)
     assert res.returncode == 0, res.stderr[-3000:]
     (run_dir,) = list((cwd / "outputs" / "train" / "runs").iterdir())
     return run_dir
@@ -179,25 +124,22 @@ def assert_whole_run(run_dir: Path, uninterrupted: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_run_killed_between_checkpoints_and_resumed_syncs_each_step_once(tmp_path, monkeypatch, uninterrupted):
-    here = Path(__file__).resolve()
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here.parent), str(here.parents[1])]))  # the plugin
-    monkeypatch.setenv(SIGKILL_ENV, "33")  # after the checkpoint of step 25, before the end (40)
-    killed = run_cli("charlm.cli.train", [*WHOLE, f"+callbacks.sigkill._target_={__name__}.SigkillAt"], tmp_path)
+def test_a_run_killed_between_checkpoints_and_resumed_syncs_each_step_once(tmp_path, uninterrupted, run_app):
+    killed = run_app("train", *WHOLE, "+callbacks.sigkill._target_=plugins.SigkillAt", cwd=tmp_path, plugins=True,
+                     env={SIGKILL_ENV: "33"})  # after the checkpoint of step 25, before the end (40)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     (run_dir,) = list((tmp_path / "outputs" / "train" / "runs").iterdir())
-    monkeypatch.delenv(SIGKILL_ENV)
-    resumed = run_cli("charlm.cli.train", [f"resume={run_dir}"], tmp_path)
+    resumed = run_app("train", f"resume={run_dir}", cwd=tmp_path, plugins=True)  # without the variable: no kill
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_whole_run(run_dir, uninterrupted)
 
 
 @pytest.mark.slow
-def test_resume_from_an_earlier_best_checkpoint_syncs_each_step_once(tmp_path, uninterrupted):
-    first = run_cli("charlm.cli.train", WHOLE, tmp_path)
+def test_resume_from_an_earlier_best_checkpoint_syncs_each_step_once(tmp_path, uninterrupted, run_app):
+    first = run_app("train", *WHOLE, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir,) = list((tmp_path / "outputs" / "train" / "runs").iterdir())
     (best20,) = (run_dir / "checkpoints").glob("step000020-*.ckpt")  # the best 3 are those of steps 20, 30, 40
-    resumed = run_cli("charlm.cli.train", [f"resume={best20}"], tmp_path)
+    resumed = run_app("train", f"resume={best20}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_whole_run(run_dir, uninterrupted)
