@@ -1,5 +1,5 @@
 """charlm.data.cache: a corpus's ids prepared into a cache that is reused only while the file is
-unchanged, with bounded memory; and a
+unchanged, with bounded memory; the lines shuffled before the split (data.shuffle_lines); and a
 checkpoint's training corpus reopened with the settings it was trained with."""
 
 from __future__ import annotations
@@ -8,11 +8,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from charlm.data.cache import prepare_corpus, training_corpus
+from charlm.data.cache import prepare_corpus, shuffle_lines, training_corpus
 from charlm.data.corpus import CorpusSettingError
+from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
+from charlm.sampling.novelty import corpus_lines
 
 # ============================================================================= the id cache
 def test_cache_is_reused_and_invalidated_when_content_changes(tmp_path):
@@ -178,3 +181,48 @@ def test_training_corpus_of_a_checkpoint(shakespeare_path, tmp_path):
     with pytest.raises(CharLMError) as e:
         training_corpus({"source": str(shakespeare_path)}, "no-such-codec", "normalize", tmp_path, {"encoding": "enc"}, hint)
     assert not isinstance(e.value, CorpusSettingError) and "enc='no-such-codec'" in str(e.value)
+
+
+def test_names_are_shuffled_before_the_split_and_every_app_reads_the_same_splits(shared_data, tmp_path):
+    """data=names sets data.shuffle_lines: names.txt ends in alphabetical runs, so without it
+    val and test are alphabetical and each name is predicted from the one before it. The
+    checkpoint's data records the seed, and the apps that read a split (charlm-eval and
+    charlm-visualize through training_corpus, novelty=true) get the training run's splits."""
+    kw = dict(name="names", filename="names.txt", data_dir=str(shared_data), cache_dir=str(tmp_path))
+    plain, shuffled = CharDataModule(**kw), CharDataModule(**kw, shuffle_lines=0)
+    val_plain = plain.vocab.decode(plain.split_ids("val")).split("\n")[1:-1]
+    val_shuffled = shuffled.vocab.decode(shuffled.split_ids("val")).split("\n")[1:-1]
+    def ascending(lines):  # fraction of names followed by a later name in alphabetical order
+        return sum(a < b for a, b in zip(lines, lines[1:])) / len(lines)
+
+    assert ascending(val_plain) > 0.99  # measured: 0.999
+    assert 0.45 < ascending(val_shuffled) < 0.55  # measured: 0.503, as for a random order
+    whole = sorted(plain.vocab.decode(plain.prepare().ids).split("\n"))
+    assert sorted(shuffled.vocab.decode(shuffled.prepare().ids).split("\n")) == whole
+    data = shuffled.config()
+    assert data["shuffle_lines"] == 0
+    again = training_corpus(data, data["encoding"], data["newline"], str(tmp_path), {}, "hint")
+    assert np.array_equal(again.ids, shuffled.prepare().ids)
+    train_lines, _, _ = corpus_lines(data, str(tmp_path))
+    assert train_lines == set(shuffled.vocab.decode(shuffled.split_ids("train")).split("\n"))
+
+
+# ----------------------------------------------------------------------------- shuffle_lines
+@pytest.mark.parametrize("text", ["ab\nc\ndef\n\nxyz\n", "ab\nc\ndef\n\nxyz"])
+def test_shuffle_lines_permutes_whole_lines_and_keeps_the_length(text):
+    def lines(t, final_newline):  # the lines of a text, and the text rebuilt from them
+        return t[:-1].split("\n") if final_newline else t.split("\n")
+
+    ids = np.frombuffer(text.encode(), dtype=np.uint8)
+    outs = {seed: shuffle_lines(ids, ord("\n"), seed).tobytes().decode() for seed in range(8)}
+    final = text.endswith("\n")
+    for out in outs.values():
+        assert len(out) == len(text)
+        assert sorted(lines(out, final)) == sorted(lines(text, final))  # the empty line too
+    assert outs[3] == shuffle_lines(ids, ord("\n"), 3).tobytes().decode()  # seeded
+    assert len(set(outs.values())) > 1  # and not the identity
+
+
+def test_shuffle_lines_of_a_text_without_line_breaks_is_an_error_naming_the_option():
+    with pytest.raises(CharLMError, match=r"data.shuffle_lines .*no line breaks.*data.shuffle_lines=null"):
+        shuffle_lines(np.frombuffer(b"no newline here", dtype=np.uint8), ord("\n"), 0)

@@ -27,6 +27,7 @@ could still get the same ctime tick (see :data:`RACY_NS`) is hashed again rather
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -58,6 +59,52 @@ CACHE_VERSION = 1
 RACY_NS = 2_000_000_000
 
 
+def shuffle_lines(ids: np.ndarray, newline_id: int, seed: int) -> np.ndarray:
+    """The corpus with its lines in a seeded random order, so that contiguous splits hold lines
+    drawn at random rather than the file's last lines (``data.shuffle_lines``).
+
+    For a corpus of one record per line whose file order means something: makemore's
+    ``names.txt`` lists names by popularity, ties in alphabetical runs of up to 2,400 names, so
+    its last 10% is alphabetical and a model predicts each name from the one before it. makemore
+    (Karpathy) shuffles the names before holding some out, as this does. Not for prose or code,
+    where the order of the lines is the structure to learn.
+
+    Every line keeps its characters; the permuted lines are joined by newlines, with one after
+    the last line when ``ids`` ends with one, so the length is unchanged. Vectorised (numpy): holds the corpus and two
+    int64 index arrays of its length in memory.
+
+    Args:
+        ids: ``[N]`` ids of the whole corpus (any integer dtype; a memory map is read once).
+        newline_id: the id of ``"\\n"``.
+        seed: seed of the permutation (``numpy.random.default_rng(seed).permutation``).
+
+    Returns:
+        ``[N]`` ids in memory, same dtype: the lines in permuted order.
+
+    Raises:
+        CharLMError: if the corpus has no line break (no lines to shuffle).
+    """
+    n = int(ids.shape[0])
+    breaks = np.flatnonzero(np.asarray(ids) == newline_id)
+    if breaks.size == 0:
+        raise CharLMError(
+            "data.shuffle_lines is set but the corpus has no line breaks, so it has no lines to shuffle; "
+            "set data.shuffle_lines=null"
+        )
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [n]))
+    if breaks[-1] == n - 1:  # the text ends with a newline: no line after it
+        starts, ends = starts[:-1], ends[:-1]
+    lengths = ends - starts
+    order = np.random.default_rng(seed).permutation(lengths.size)
+    span = lengths[order] + 1  # each line, then its newline
+    new_starts = np.cumsum(span) - span
+    src = np.repeat(starts[order] - new_starts, span) + np.arange(int(span.sum()))
+    out = np.asarray(ids)[np.minimum(src, n - 1)]
+    out[new_starts + lengths[order]] = newline_id
+    return out[:n]
+
+
 @dataclass
 class PreparedCorpus:
     """A corpus turned into ids.
@@ -72,6 +119,8 @@ class PreparedCorpus:
         newline_replacements: how many line endings were rewritten.
         bom_removed: whether a leading byte-order mark was dropped.
         cache_dir: the folder holding ``ids.npy``, ``vocab.json`` and ``meta.json``.
+        shuffle_lines: ``None``, or the seed the lines were shuffled with
+            (:meth:`lines_shuffled`); then ``ids`` is an array in memory in that order.
     """
 
     ids: np.ndarray
@@ -83,11 +132,22 @@ class PreparedCorpus:
     newline_replacements: int
     bom_removed: bool
     cache_dir: Path
+    shuffle_lines: int | None = None
 
     @property
     def num_chars(self) -> int:
         """Number of characters (ids) in the corpus, after newline normalisation."""
         return int(self.ids.shape[0])
+
+    def lines_shuffled(self, seed: int) -> "PreparedCorpus":
+        """The same corpus with its lines in the seeded random order of :func:`shuffle_lines`
+        (``data.shuffle_lines``).
+
+        Raises:
+            CharLMError: if the corpus has no line break.
+        """
+        ids = shuffle_lines(self.ids, self.vocab.stoi.get("\n", -1), seed)  # -1: no newline anywhere
+        return dataclasses.replace(self, ids=ids, shuffle_lines=int(seed))
 
 
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES) -> str:
@@ -146,6 +206,7 @@ def prepare_corpus(
     newline: str = "normalize",
     cache_dir: str | os.PathLike | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    shuffle_lines: int | None = None,
 ) -> PreparedCorpus:
     """Decode a text file into ids, served from (or written to) the cache.
 
@@ -155,16 +216,27 @@ def prepare_corpus(
         newline: ``"normalize"`` turns ``\\r\\n`` and lone ``\\r`` into ``\\n``; ``"keep"`` leaves them.
         cache_dir: cache root (default :func:`default_cache_dir`).
         chunk_bytes: bytes per chunk; bounds peak memory.
+        shuffle_lines: ``None``, or a seed: the lines are then put in that seeded random order
+            (:meth:`PreparedCorpus.lines_shuffled`; the cache keeps the file's order).
 
     Returns:
-        the :class:`PreparedCorpus`; its ``ids`` is a read-only memory map.
+        the :class:`PreparedCorpus`; its ``ids`` is a read-only memory map (an array in memory
+        when ``shuffle_lines`` is set).
 
     Raises:
         CorpusSettingError: if the file is missing (setting ``path``), is not valid in ``encoding``
             (with the byte offset), or ``encoding`` or ``newline`` is invalid: the app names its
             option (:func:`naming_options`).
-        CharLMError: if the file is empty.
+        CharLMError: if the file is empty, or ``shuffle_lines`` is set and it has no line break.
     """
+    corpus = _prepare_cached(path, encoding, newline, cache_dir, chunk_bytes)
+    return corpus if shuffle_lines is None else corpus.lines_shuffled(shuffle_lines)
+
+
+def _prepare_cached(
+    path: str | os.PathLike, encoding: str, newline: str, cache_dir: str | os.PathLike | None, chunk_bytes: int
+) -> PreparedCorpus:
+    """:func:`prepare_corpus` in the file's order: the cache lookup, or the preparation."""
     source = Path(path).expanduser()
     if not source.is_file():
         what = "is not a regular file" if source.exists() else "does not exist"
@@ -224,7 +296,7 @@ def training_corpus(
 
     Args:
         data: the checkpoint's description of its training data (``ckpt["charlm"]["data"]``);
-            its ``source`` is the corpus file.
+            its ``source`` is the corpus file, its ``shuffle_lines`` the line order it was split in.
         encoding, newline, cache_dir: as for :func:`prepare_corpus`.
         names: the app's option for each corpus setting, for its errors (:func:`naming_options`).
         hint: what to give instead when the corpus is not available, with the app's command
@@ -238,7 +310,7 @@ def training_corpus(
     if not source or not Path(source).is_file():
         raise CharLMError(f"the checkpoint's training corpus {source!r} is not available here; {hint}")
     with naming_options(names):
-        return prepare_corpus(source, encoding, newline, cache_dir)
+        return prepare_corpus(source, encoding, newline, cache_dir, shuffle_lines=data.get("shuffle_lines"))
 
 
 def _build_entry(

@@ -37,6 +37,10 @@ class CharDataConfig:
         encoding: codec used to decode the file (strict); stored with the model.
         newline: ``"normalize"`` (``\\r\\n``/``\\r`` -> ``\\n``) or ``"keep"``.
         splits: contiguous ``(train, val, test)`` fractions summing to 1.
+        shuffle_lines: ``None`` (the file's order) or an integer seed: the corpus's lines are put
+            in that seeded random order before the split
+            (:func:`~charlm.data.cache.shuffle_lines`), for a corpus of one record per line
+            whose file order means something (``data=names``).
         batch_size: streams per device ``B``; the global batch is ``devices * B`` streams.
         seq_len: BPTT window length ``T``.
         eval_batch_size: streams per device for validation and test (default ``batch_size``).
@@ -59,6 +63,7 @@ class CharDataConfig:
     encoding: str = "utf-8"
     newline: str = "normalize"
     splits: Sequence[float] = DEFAULT_SPLITS
+    shuffle_lines: int | None = None
     batch_size: int = 64
     seq_len: int = 128
     eval_batch_size: int | None = None
@@ -68,6 +73,12 @@ class CharDataConfig:
         if not self.path and not self.name:
             raise CharLMError("no corpus given: set data.path=<text file> or choose a named corpus (data=tinyshakespeare)")
         self.splits = tuple(float(f) for f in self.splits)
+        if self.shuffle_lines is not None and (isinstance(self.shuffle_lines, bool) or not isinstance(self.shuffle_lines, int)
+                                               or self.shuffle_lines < 0):
+            raise CharLMError(
+                f"data.shuffle_lines={self.shuffle_lines!r} must be null (the file's line order) or a seed, "
+                "an integer >= 0 (e.g. data.shuffle_lines=0)"
+            )
         self.eval_batch_size = int(self.eval_batch_size or self.batch_size)
         self.batch_size = int(self.batch_size)
         self.seq_len = int(self.seq_len)
@@ -121,7 +132,8 @@ class CharDataModule(L.LightningDataModule):
         if self.corpus is None:
             path = self.corpus_path()
             with naming_options(self.OPTIONS):
-                self.corpus = prepare_corpus(path, self.encoding, self.newline, self.cache_dir)
+                self.corpus = prepare_corpus(path, self.encoding, self.newline, self.cache_dir,
+                                             shuffle_lines=self.shuffle_lines)
             c = self.corpus
             self.bounds = split_bounds(c.num_chars, self.splits)
             sizes = ", ".join(f"{s} {e - b:,}" for s, (b, e) in zip(SPLITS, self.bounds))
@@ -130,6 +142,8 @@ class CharDataModule(L.LightningDataModule):
                 extra.append("byte-order mark dropped")
             if c.newline_replacements:
                 extra.append(f"{c.newline_replacements:,} line endings normalised to \\n")
+            if c.shuffle_lines is not None:
+                extra.append(f"lines shuffled before the split (data.shuffle_lines={c.shuffle_lines})")
             log.info(
                 "corpus %s: %s characters, vocab %d (%s); splits: %s%s",
                 c.source, f"{c.num_chars:,}", len(c.vocab), c.ids.dtype, sizes,
@@ -163,6 +177,7 @@ class CharDataModule(L.LightningDataModule):
             "encoding": corpus.encoding,
             "newline": self.newline,
             "splits": list(self.splits),
+            "shuffle_lines": self.shuffle_lines,
             "batch_size": self.batch_size,
             "seq_len": self.seq_len,
             "num_chars": corpus.num_chars,

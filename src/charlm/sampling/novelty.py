@@ -43,7 +43,8 @@ def corpus_lines(data: dict, cache_dir: str | None = None) -> tuple[set[str], se
             f"novelty=true compares samples with the checkpoint's training corpus {source!r}, which is not "
             "available here; run it where the corpus is"
         )
-    corpus = prepare_corpus(source, data.get("encoding", "utf-8"), data.get("newline", "normalize"), cache_dir)
+    corpus = prepare_corpus(source, data.get("encoding", "utf-8"), data.get("newline", "normalize"), cache_dir,
+                            shuffle_lines=data.get("shuffle_lines"))
     train = corpus.vocab.decode(split_of(corpus.ids, data.get("splits", DEFAULT_SPLITS), "train")[0])
     whole = corpus.vocab.decode(corpus.ids)
     return set(train.split("\n")), set(whole.split("\n")), str(source)
