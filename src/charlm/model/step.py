@@ -4,7 +4,7 @@ through every layer, from the model's own weights, optionally returning the gate
 It serves sampling (:func:`charlm.sampling.sample`: each new character is one step on the
 carried state) and the visualiser (:func:`charlm.visualize.activations.trace`: every layer's
 states and gates at every character), and is checked against ``nn.LSTM`` / ``nn.GRU`` /
-``nn.RNN`` in tests/test_model.py.
+``nn.RNN`` in tests/test_model_step.py.
 
 Calling ``nn.LSTM`` once per character pays its per-call setup (weight checks, flattening, a
 sequence loop of length 1) every character; :class:`FastStep` applies the same weights with a
@@ -50,7 +50,7 @@ class FastStep:
     Call ``step(ids, state) -> (logits, state)`` with ``ids`` int64 ``[N]`` (or ``[N, 1]``) and
     ``state`` as :meth:`CharRNN.init_state` gives (tuple of ``[num_layers, N, H]``); ``logits``
     is ``[N, V]`` in the model's dtype. Equal to ``net(ids[:, None], state)`` in eval mode up to
-    float rounding (tests/test_model.py).
+    float rounding (tests/test_model_step.py).
 
     Raises:
         CharLMError: if the model's recurrent module is not the ``nn.LSTM``/``GRU``/``RNN``
