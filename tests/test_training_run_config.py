@@ -15,6 +15,18 @@ def test_runs_from_before_the_regularisers_resume_without_a_change():
     assert changed == ["model.weight_drop: '<unset>' -> 0.5"]
 
 
+def test_runs_from_before_shuffle_lines_resume_in_their_line_order_and_a_new_order_is_refused():
+    from charlm.training.run_config import config_changes
+
+    old = {"data": {"batch_size": 8, "splits": [0.9, 0.05, 0.05]}}
+    same = {"data": {**old["data"], "shuffle_lines": None}}
+    assert config_changes(old, same) == ([], [])
+    changed, _ = config_changes(old, {"data": {**old["data"], "shuffle_lines": 0}})
+    assert changed == ["data.shuffle_lines: '<unset>' -> 0"]  # other splits: not the run that was trained
+    changed, _ = config_changes({"data": {**old["data"], "shuffle_lines": 0}}, {"data": {**old["data"], "shuffle_lines": 5}})
+    assert changed == ["data.shuffle_lines: 0 -> 5"]
+
+
 def test_resume_counts_the_global_streams_as_lightning_counts_devices():
     from charlm.training.run_config import config_changes
 

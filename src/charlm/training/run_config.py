@@ -91,10 +91,13 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _added_default(key: str, value) -> bool:
-    """Whether ``key`` is a model option added after a run began, set to its default (which is
-    what that run trained with): the AWD-LSTM regularisers, off by default."""
+    """Whether ``key`` is an option added after a run began, set to its default (which is what
+    that run trained with): the AWD-LSTM regularisers, off (0) by default, and
+    ``data.shuffle_lines``, the file's line order (``None``) by default."""
     from charlm.model.rnn import REGULARISERS
 
+    if key == "data.shuffle_lines":
+        return value is None
     return key.startswith("model.") and key.split(".", 1)[1] in REGULARISERS and value == 0.0
 
 
