@@ -270,6 +270,17 @@ def composed(app: str, tmp_path: Path, *typed: str) -> DictConfig:
     return compose_cfg(app, tmp_path / "compose", args)
 
 
+def assert_checked_before_any_work(app: str, tmp_path: Path, typed: str, message: str) -> None:
+    """``charlm-<app> ckpt=<missing file> <typed>`` fails on the option typed, with ``message``
+    (its start), before it looks for the checkpoint: every option is checked before any work."""
+    from charlm.errors import CharLMError
+
+    run = importlib.import_module(f"charlm.cli.{app}").run
+    with pytest.raises(CharLMError) as e:
+        run(composed(app, tmp_path, f"ckpt={tmp_path / 'missing.ckpt'}", typed))
+    assert str(e.value) == message or str(e.value).startswith(message)
+
+
 # ============================================================================= the apps, run as a user runs them
 def app_env(env: dict | None = None, plugins: bool = False) -> dict[str, str]:
     """The environment of a subprocess: this checkout's ``src`` first on ``PYTHONPATH`` (``tests/``

@@ -13,7 +13,7 @@ import pytest
 
 from charlm.data.streams import split_bounds
 from charlm.errors import CharLMError
-from conftest import FAST_TRAIN, assert_user_error, compose_cfg, composed, last_ckpt
+from conftest import FAST_TRAIN, assert_checked_before_any_work, assert_user_error, compose_cfg, last_ckpt
 
 
 @pytest.mark.parametrize("typed,message", [
@@ -23,11 +23,7 @@ from conftest import FAST_TRAIN, assert_user_error, compose_cfg, composed, last_
     ("device=gpu7", "device=gpu7 is not a device"),
 ])
 def test_every_option_is_checked_before_any_work(tmp_path, typed, message):
-    from charlm.cli.eval import run
-
-    with pytest.raises(CharLMError) as e:  # the checkpoint does not exist: the options are checked first
-        run(composed("eval", tmp_path, f"ckpt={tmp_path / 'missing.ckpt'}", typed))
-    assert str(e.value) == message or str(e.value).startswith(message)
+    assert_checked_before_any_work("eval", tmp_path, typed, message)
 
 
 def test_charlm_eval_of_a_checkpoint_prints_the_val_loss_its_training_run_printed(tmp_path, run_main, small_corpus):

@@ -9,8 +9,7 @@ import pytest
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.overrides import quote_overrides
 from charlm.data.cache import prepare_corpus
-from charlm.errors import CharLMError
-from conftest import assert_user_error, composed, last_ckpt, train_tiny
+from conftest import assert_checked_before_any_work, assert_user_error, last_ckpt, train_tiny
 
 
 @pytest.mark.parametrize("typed,message", [
@@ -24,11 +23,7 @@ from conftest import assert_user_error, composed, last_ckpt, train_tiny
     ("escapes=maybe", "escapes=maybe must be true or false"),
 ])
 def test_every_option_is_checked_before_any_work(tmp_path, typed, message):
-    from charlm.cli.sample import run
-
-    with pytest.raises(CharLMError) as e:  # the checkpoint does not exist: the options are checked first
-        run(composed("sample", tmp_path, f"ckpt={tmp_path / 'missing.ckpt'}", typed))
-    assert str(e.value) == message or str(e.value).startswith(message)
+    assert_checked_before_any_work("sample", tmp_path, typed, message)
 
 
 MIXED = "Привет, мир! Γειά σου κόσμε. 你好，世界。 😀🎉 café cafe\u0301 naïve\n"

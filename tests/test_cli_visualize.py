@@ -10,7 +10,7 @@ import pytest
 from charlm.checkpoint import load_checkpoint
 from charlm.data.streams import split_bounds
 from charlm.errors import CharLMError
-from conftest import assert_user_error, compose_cfg, composed, last_ckpt, page_data
+from conftest import assert_checked_before_any_work, assert_user_error, compose_cfg, last_ckpt, page_data
 
 
 @pytest.mark.parametrize("typed,message", [
@@ -20,11 +20,7 @@ from conftest import assert_user_error, compose_cfg, composed, last_ckpt, page_d
     ("device=gpu7", "device=gpu7 is not a device"),
 ])
 def test_every_option_is_checked_before_any_work(tmp_path, typed, message):
-    from charlm.cli.visualize import run
-
-    with pytest.raises(CharLMError) as e:  # the checkpoint does not exist: the options are checked first
-        run(composed("visualize", tmp_path, f"ckpt={tmp_path / 'missing.ckpt'}", typed))
-    assert str(e.value) == message or str(e.value).startswith(message)
+    assert_checked_before_any_work("visualize", tmp_path, typed, message)
 
 
 def test_visualize_reads_a_text_file_with_the_checkpoint_encoding_or_a_clean_error(tmp_path, shakespeare_run, run_app):
