@@ -520,6 +520,40 @@ def test_layout_names_every_module():
     assert not missing, f"README's Architecture section leaves out {missing}"
 
 
+def _imports(path: Path) -> set[str]:
+    """The ``charlm`` modules a source file imports, at any depth (inside functions too)."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("charlm"):
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("charlm"))
+    return out
+
+
+def test_imports_only_go_down_the_layers_the_architecture_section_gives():
+    """The "Layers" paragraph is true: no module imports one of a higher layer (nor, so, in a
+    circle), counting every import, the lazy ones inside functions too."""
+    para = _section("Architecture").split("**Layers.**", 1)[1].split("\n\n", 1)[0]
+    chain = para.split(":", 1)[1].split(". ", 1)[0]
+    layer = {name: i for i, group in enumerate(chain.split("→")) for name in re.findall(r"`(\w+)`", group)}
+    src = REPO / "src" / "charlm"
+    mods = {".".join(p.relative_to(src.parent).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in src.rglob("*.py")}
+
+    def level(mod: str) -> int:  # a module's layer: its first name under charlm
+        top = mod.split(".")[1] if "." in mod else ""
+        assert top == "" or top in layer, f"README's Layers leave out charlm.{top}"
+        return layer.get(top, -1)
+
+    upward = [f"{m} -> {d}" for m, p in sorted(mods.items()) if m.count(".") and not m.endswith("__main__")
+              for d in sorted(_imports(p) & mods.keys()) if level(d) > level(m)]
+    assert not upward, f"imports from a lower layer to a higher one: {upward}"
+    assert len(layer) > 10  # the paragraph was read
+
 def test_shapes_ignore_numbers_and_code_but_not_fields():
     exp = ["steps: 1,800 in 11.5 min", "final val loss: 1.4840 nats/char, bpc 2.1409, perplexity 4.410",
            "- `1_a=1~ab` FAILED: CharLMError: bad thing at step 2: more ..."]
