@@ -34,6 +34,7 @@ from wandb_files import read_wandb_run
     (["trainer.val_check_interval=2.5"], "trainer.val_check_interval=2.5 must be an integer >= 1, or a fraction in (0, 1]"),
     (["trainer.accelerator=gpu7"], "trainer: You selected an invalid accelerator name: `accelerator='gpu7'`"),
     (["trainer.devices=gpu7"], "trainer: `devices` selected with `CPUAccelerator` should be an int > 0"),
+    (["data.shuffle_lines=true"], "data.shuffle_lines=true must be an integer >= 0 (or null: the file's line order)"),
     (["data=file"], "no corpus given: set data.path=<text file>"),
 ])
 def test_every_option_of_train_is_checked(tmp_path, typed, message):
@@ -55,6 +56,17 @@ def test_ckpt_path_is_the_deprecated_name_of_ckpt(compose, tmp_path, tiny_corpus
     assert not any("deprecated" in r.getMessage() for r in caplog.records)
     with pytest.raises(CharLMError, match="one option"):
         train(compose("train", tmp_path / "both", resumable_train(tiny_corpus, 4, f"ckpt={missing}", f"ckpt_path={missing}")))
+
+
+def test_ckpt_onto_other_splits_warns_that_val_and_test_hold_trained_text(compose, tmp_path, tiny_corpus, caplog):
+    first = tmp_path / "first"
+    train(compose("train", first, resumable_train(tiny_corpus, 4)))
+    caplog.set_level("WARNING", logger="charlm")
+    train(compose("train", tmp_path / "same", resumable_train(tiny_corpus, 8, f"ckpt={last_ckpt(first)}")))
+    assert "other splits" not in caplog.text
+    train(compose("train", tmp_path / "other", resumable_train(tiny_corpus, 8, f"ckpt={last_ckpt(first)}", "data.shuffle_lines=1")))
+    assert "other splits (data.splits=[0.9, 0.1, 0.0], data.shuffle_lines=None) than this run's" in caplog.text
+    assert "data.shuffle_lines=1): val and test now hold text the checkpoint has trained on" in caplog.text
 
 
 def test_logger_none_trains_without_the_learning_rate_monitor(tmp_path, small_corpus):

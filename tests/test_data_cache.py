@@ -226,3 +226,12 @@ def test_shuffle_lines_permutes_whole_lines_and_keeps_the_length(text):
 def test_shuffle_lines_of_a_text_without_line_breaks_is_an_error_naming_the_option():
     with pytest.raises(CharLMError, match=r"data.shuffle_lines .*no line breaks.*data.shuffle_lines=null"):
         shuffle_lines(np.frombuffer(b"no newline here", dtype=np.uint8), ord("\n"), 0)
+
+
+def test_shuffle_lines_with_kept_cr_line_endings_says_to_normalise_them(tmp_path):
+    f = tmp_path / "mac.txt"
+    f.write_bytes(b"emma\rolivia\rava\r")
+    with pytest.raises(CharLMError, match=r"data.newline=keep .*\\r.*data.newline=normalize"):
+        prepare_corpus(f, newline="keep", cache_dir=tmp_path, shuffle_lines=0)
+    shuffled = prepare_corpus(f, cache_dir=tmp_path, shuffle_lines=0)  # normalised: three lines
+    assert sorted(shuffled.vocab.decode(shuffled.ids).split("\n")) == ["", "ava", "emma", "olivia"]

@@ -47,6 +47,18 @@ def test_resume_refuses_changes_and_allows_extension(compose, tmp_path, tiny_cor
     train(compose("train", tmp_path / "x", [f"resume={run}", "trainer.max_steps=16"]))
     assert "trainer.max_steps: 12 -> 16" in caplog.text and "spans 16 steps instead of 12" in caplog.text
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 16
+    # a new line order is refused, saying what it does to val and test
+    with pytest.raises(CharLMError) as e:
+        train(compose("train", tmp_path / "x", [f"resume={run}", "data.shuffle_lines=3", "trainer.max_steps=20"]))
+    assert "data.shuffle_lines: None -> 3" in str(e.value) and "val and test would hold text the run has trained on" in str(e.value)
+
+
+def test_a_run_from_before_shuffle_lines_is_told_how_to_resume_in_its_line_order():
+    from charlm.training.resume import split_change_note
+
+    note = split_change_note(["data.shuffle_lines: '<unset>' -> 0"])  # data=names, begun before the option
+    assert "began before data.shuffle_lines existed" in note and "add data.shuffle_lines=null" in note
+    assert split_change_note(["optimizer.lr: 0.003 -> 0.01"]) == ""
 
 
 def test_resume_from_an_earlier_best_checkpoint_moves_a_newer_last_ckpt_aside(compose, tmp_path, tiny_corpus, caplog):

@@ -49,6 +49,7 @@ OPTIONS = {
     "data.seq_len": Opt(int, min=1),
     "data.eval_batch_size": Opt(int, min=1, null="data.batch_size"),
     "data.eval_burn_in": Opt(int, min=0),
+    "data.shuffle_lines": Opt(int, min=0, null="the file's line order"),
     "model.hidden_size": Opt(int, min=1),
     "model.num_layers": Opt(int, min=1),
     "model.embedding_dim": Opt(int, min=1, null="model.hidden_size"),
@@ -248,6 +249,8 @@ def _train(cfg: DictConfig, stop: GracefulStop, record: dict[str, Any]) -> dict[
     record["trainer"] = trainer
     if cfg.get("init_from"):
         load_initial_weights(module, cfg.init_from)
+    if given and not cfg.get("resume"):
+        resume.warn_split_change(ckpt_path, dm.splits, dm.shuffle_lines, option)
     if cfg.get("resume"):
         resume.check_resumed_corpus(ckpt_path, dm.corpus, bool(cfg.get("allow_changes")), cfg.resume)
         rows = keep_csv_history(trainer, checkpoint_step(ckpt_path))

@@ -146,6 +146,11 @@ class PreparedCorpus:
         Raises:
             CharLMError: if the corpus has no line break.
         """
+        if "\n" not in self.vocab and "\r" in self.vocab and self.newline == "keep":
+            raise CharLMError(
+                "data.shuffle_lines needs \\n line breaks, and with data.newline=keep this corpus's \\r line "
+                "endings stay \\r: use the default data.newline=normalize (\\r\\n and \\r become \\n)"
+            )
         ids = shuffle_lines(self.ids, self.vocab.stoi.get("\n", -1), seed)  # -1: no newline anywhere
         return dataclasses.replace(self, ids=ids, shuffle_lines=int(seed))
 

@@ -47,6 +47,20 @@ from charlm.training.run_config import (
 log = logging.getLogger(__name__)
 
 
+def split_change_note(changed: list[str]) -> str:
+    """What a change of ``data.splits`` or ``data.shuffle_lines`` among ``changed`` (items of
+    :func:`~charlm.training.run_config.config_changes`) does to a resumed run, as lines to add to
+    its refusal or warning; ``""`` when there is none."""
+    note = ""
+    if any(c.startswith(("data.splits:", "data.shuffle_lines:")) for c in changed):
+        note += ("\nThe split settings decide which lines are val and test: with new ones, val and test would hold "
+                 "text the run has trained on, and their losses would not compare with the run's.")
+    if any(c.startswith("data.shuffle_lines: '<unset>'") for c in changed):
+        note += ("\nThis run began before data.shuffle_lines existed and was split in the file's line order; "
+                 "to resume it as it was, add data.shuffle_lines=null.")
+    return note
+
+
 def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
     """Turn a ``resume=<run dir or checkpoint>`` config into the config of the resumed run.
 
@@ -87,17 +101,19 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Path, list[str]]:
     old_world = (saved_rng(ckpt.get(MODEL_ENTRY) or {}) or {}).get("world_size")
     changed, extended = config_changes(old_resolved, new_resolved, old_world)
     step = int(ckpt.get("global_step", 0))
+    note = split_change_note(changed)
     if changed and not new.get("allow_changes", False):
         raise CharLMError(
             f"resume={cfg.resume}: these settings differ from the run's ({ckpt_path}):\n  "
             + "\n  ".join(changed)
+            + note
             + "\nResume with the run's own settings (drop these overrides), start a new run from its weights "
             f"with init_from={ckpt_path}, or pass allow_changes=true to continue with the new values "
             "(the optimizer and LR-scheduler states, learning rate included, are still restored from the checkpoint; "
             "everything else is used as configured)."
         )
     if changed:
-        log.warning("resuming with changed settings (allow_changes=true):\n  %s", "\n  ".join(changed))
+        log.warning("resuming with changed settings (allow_changes=true):\n  %s%s", "\n  ".join(changed), note)
     if extended:
         log.info("resuming with a new run length: %s; %s", "; ".join(extended), describe_extension(old_resolved, new_resolved, step))
     if run_dir is not None:
@@ -148,6 +164,24 @@ def check_resumed_corpus(ckpt_path: str | Path, corpus, allow_changes: bool = Fa
             "allow_changes=true to continue training on the changed text."
         )
     log.warning("%s (allow_changes=true): training continues on the changed text", change)
+
+
+def warn_split_change(ckpt_path: str | Path, splits, shuffle_lines, option: str = "ckpt") -> bool:
+    """Warn when a run that continues from a checkpoint (``ckpt=``) splits its corpus otherwise
+    than the checkpoint's run did (``data.splits``, ``data.shuffle_lines``): its val and test then
+    hold text the checkpoint has trained on. Returns whether it warned."""
+    data = (peek_checkpoint(ckpt_path).get(MODEL_ENTRY) or {}).get("data") or {}
+    old = (list(data.get("splits") or []), data.get("shuffle_lines"))
+    new = (list(splits), shuffle_lines)
+    if not old[0] or old == new:
+        return False
+    log.warning(
+        "%s=%s was trained on other splits (data.splits=%s, data.shuffle_lines=%s) than this run's "
+        "(data.splits=%s, data.shuffle_lines=%s): val and test now hold text the checkpoint has trained on, "
+        "so their losses are lower than the model's on unseen text",
+        option, ckpt_path, old[0], old[1], new[0], new[1],
+    )
+    return True
 
 
 def keep_newer_last(ckpt_path: Path, run_dir: Path, step: int) -> Path | None:
