@@ -169,8 +169,12 @@ def check_resumed_corpus(ckpt_path: str | Path, corpus, allow_changes: bool = Fa
 def warn_split_change(ckpt_path: str | Path, splits, shuffle_lines, option: str = "ckpt") -> bool:
     """Warn when a run that continues from a checkpoint (``ckpt=``) splits its corpus otherwise
     than the checkpoint's run did (``data.splits``, ``data.shuffle_lines``): its val and test then
-    hold text the checkpoint has trained on. Returns whether it warned."""
-    data = (peek_checkpoint(ckpt_path).get(MODEL_ENTRY) or {}).get("data") or {}
+    hold text the checkpoint has trained on. Returns whether it warned.
+
+    Raises:
+        CharLMError: if the checkpoint cannot be read, or is refused (:func:`~charlm.checkpoint.load_checkpoint`).
+    """
+    data = (load_checkpoint(ckpt_path).get(MODEL_ENTRY) or {}).get("data") or {}  # checked: clean errors
     old = (list(data.get("splits") or []), data.get("shuffle_lines"))
     new = (list(splits), shuffle_lines)
     if not old[0] or old == new:
