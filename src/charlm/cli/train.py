@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from charlm.checkpoint import AtomicCheckpointIO, RunInfo, checkpoint_step, find_checkpoint, load_initial_weights
 from charlm.cli.common import hydra_app, user_error
-from charlm.data.datamodule import CharDataModule
+from charlm.data.datamodule import SHUFFLE_LINES, CharDataModule
 from charlm.errors import CharLMError, StopTraining, TrainingInterrupted
 from charlm.options import Opt, check_options
 from charlm.training import resume
@@ -49,7 +49,7 @@ OPTIONS = {
     "data.seq_len": Opt(int, min=1),
     "data.eval_batch_size": Opt(int, min=1, null="data.batch_size"),
     "data.eval_burn_in": Opt(int, min=0),
-    "data.shuffle_lines": Opt(int, min=0, null="the file's line order"),
+    "data.shuffle_lines": SHUFFLE_LINES,
     "model.hidden_size": Opt(int, min=1),
     "model.num_layers": Opt(int, min=1),
     "model.embedding_dim": Opt(int, min=1, null="model.hidden_size"),

@@ -70,8 +70,9 @@ def shuffle_lines(ids: np.ndarray, newline_id: int, seed: int) -> np.ndarray:
     where the order of the lines is the structure to learn.
 
     Every line keeps its characters; the permuted lines are joined by newlines, with one after
-    the last line when ``ids`` ends with one, so the length is unchanged. Vectorised (numpy): holds the corpus and two
-    int64 index arrays of its length in memory.
+    the last line when ``ids`` ends with one, so the length is unchanged. Vectorised (numpy): it
+    holds the corpus and a few int64 index arrays of its length (about 30 bytes per character at
+    the peak), so it is meant for corpora of records, not for gigabytes of text.
 
     Args:
         ids: ``[N]`` ids of the whole corpus (any integer dtype; a memory map is read once).

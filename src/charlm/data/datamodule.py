@@ -16,8 +16,12 @@ from charlm.data.corpus import naming_options, resolve_corpus_path
 from charlm.data.streams import DEFAULT_SPLITS, EVAL_BURN_IN, SPLITS, BPTTLoader, split_bounds, split_of
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError
+from charlm.options import Opt, check_value
 
 log = logging.getLogger(__name__)
+
+#: What ``data.shuffle_lines`` takes (checked here, and up front by ``charlm-train``).
+SHUFFLE_LINES = Opt(int, min=0, null="the file's line order")
 
 
 @dataclass
@@ -50,7 +54,8 @@ class CharDataConfig:
             measured in BENCHMARKS.md; 0: every stream from a zero state).
 
     Raises:
-        CharLMError: if neither ``path`` nor ``name`` is given, or ``eval_burn_in`` is negative.
+        CharLMError: if neither ``path`` nor ``name`` is given, ``eval_burn_in`` is negative, or
+            ``shuffle_lines`` is not null or an integer >= 0.
     """
 
     path: str | None = None
@@ -73,12 +78,7 @@ class CharDataConfig:
         if not self.path and not self.name:
             raise CharLMError("no corpus given: set data.path=<text file> or choose a named corpus (data=tinyshakespeare)")
         self.splits = tuple(float(f) for f in self.splits)
-        if self.shuffle_lines is not None and (isinstance(self.shuffle_lines, bool) or not isinstance(self.shuffle_lines, int)
-                                               or self.shuffle_lines < 0):
-            raise CharLMError(
-                f"data.shuffle_lines={self.shuffle_lines!r} must be null (the file's line order) or a seed, "
-                "an integer >= 0 (e.g. data.shuffle_lines=0)"
-            )
+        check_value("data.shuffle_lines", self.shuffle_lines, SHUFFLE_LINES)
         self.eval_batch_size = int(self.eval_batch_size or self.batch_size)
         self.batch_size = int(self.batch_size)
         self.seq_len = int(self.seq_len)

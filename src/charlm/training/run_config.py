@@ -96,9 +96,8 @@ def _added_default(key: str, value) -> bool:
     ``data.shuffle_lines``, the file's line order (``None``) by default."""
     from charlm.model.rnn import REGULARISERS
 
-    if key == "data.shuffle_lines":
-        return value is None
-    return key.startswith("model.") and key.split(".", 1)[1] in REGULARISERS and value == 0.0
+    added = {"data.shuffle_lines": None, **{f"model.{name}": 0.0 for name in REGULARISERS}}
+    return key in added and value == added[key]
 
 
 def config_changes(old: dict, new: dict, old_world_size: int | None = None) -> tuple[list[str], list[str]]:
